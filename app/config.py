@@ -1,0 +1,99 @@
+"""One settings object for the web process, the workers and the CLI.
+
+Every value comes from an environment variable with the ``GOUACHE_`` prefix
+(or a ``.env`` file). The defaults are the embedded deployment: everything
+lives under one data directory, with SQLite for the database and for the
+Celery broker, and the filesystem for object storage.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# The model that is built from configs on first start when no real model is named.
+BUILTIN_TINY_MODEL = "builtin:tiny-random"
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GOUACHE_", env_file=".env", extra="ignore")
+
+    data_dir: Path = Path("var")
+    database_url: str = ""
+    broker_url: str = ""
+
+    # Web
+    base_url: str = ""
+    session_days: int = Field(default=30, ge=1)
+
+    # Storage
+    storage: Literal["filesystem", "s3"] = "filesystem"
+    storage_dir: Path | None = None
+    s3_bucket: str = "gouache"
+    s3_endpoint_url: str | None = None
+    s3_region: str = "us-east-1"
+
+    # Credits and prices (see app/credits/pricing.py for the formula)
+    signup_grant_credits: int = Field(default=200, ge=0)
+    price_base_credits: float = Field(default=10.0, gt=0)
+    price_ref_steps: int = Field(default=50, gt=0)
+    price_ref_pixels: int = Field(default=512 * 512, gt=0)
+    price_pixel_exponent: float = Field(default=1.2, gt=0)
+    price_min_credits_per_image: int = Field(default=1, ge=1)
+
+    # The model (a hub id, a local diffusers folder, or the built-in test model)
+    model: str = BUILTIN_TINY_MODEL
+    model_name: str = ""
+    model_default_size: int = Field(default=0, ge=0)
+    model_max_size: int = Field(default=0, ge=0)
+    model_default_steps: int = Field(default=0, ge=0)
+    model_max_steps: int = Field(default=100, ge=1)
+    model_price_multiplier: float = Field(default=1.0, gt=0)
+    max_images_per_job: int = Field(default=4, ge=1, le=9)
+    max_prompt_chars: int = Field(default=1000, ge=1)
+    device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
+
+    queue: str = "generate"
+
+    @model_validator(mode="after")
+    def _embedded_defaults(self) -> Settings:
+        self.data_dir = self.data_dir.resolve()
+        if not self.database_url:
+            self.database_url = f"sqlite:///{self.data_dir / 'gouache.db'}"
+        if not self.broker_url:
+            self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
+        if self.storage_dir is None:
+            self.storage_dir = self.data_dir / "objects"
+        builtin = self.model == BUILTIN_TINY_MODEL
+        if not self.model_name:
+            self.model_name = "Tiny random test model (untrained)" if builtin else self.model
+        if not self.model_default_size:
+            self.model_default_size = 128 if builtin else 512
+        if not self.model_max_size:
+            self.model_max_size = 256 if builtin else max(768, self.model_default_size)
+        if not self.model_default_steps:
+            self.model_default_steps = 20 if builtin else 30
+        return self
+
+    @property
+    def model_is_untrained(self) -> bool:
+        return self.model == BUILTIN_TINY_MODEL
+
+    @property
+    def builtin_model_dir(self) -> Path:
+        return self.data_dir / "models" / "tiny-random"
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    return Settings()

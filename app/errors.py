@@ -1,0 +1,34 @@
+"""Errors a user can cause. One handler in app.main turns them into 4xx answers."""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    status_code = 422
+
+    def __init__(self, message: str, *, field: str | None = None):
+        super().__init__(message)
+        self.message = message
+        self.field = field
+
+
+class NotFound(UserError):
+    status_code = 404
+
+    def __init__(self, message: str = "Not found."):
+        super().__init__(message)
+
+
+class NotAuthenticated(UserError):
+    status_code = 401
+
+    def __init__(self, message: str = "Please log in."):
+        super().__init__(message)
+
+
+class InsufficientCredits(UserError):
+    status_code = 402
+
+
+class CsrfFailed(UserError):
+    status_code = 403

@@ -1,0 +1,70 @@
+"""create_app(): routers, error handling, CSRF cookie, templates and static files."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from app import migrate
+from app.accounts.routes import router as accounts_router
+from app.config import REPO_ROOT, Settings, get_settings
+from app.errors import NotAuthenticated, UserError
+from app.gallery.routes import router as gallery_router
+from app.generation.routes import api as generation_api
+from app.generation.routes import router as generation_router
+from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
+
+
+def _wants_json(request: Request) -> bool:
+    return request.url.path.startswith("/api/")
+
+
+def create_app(settings: Settings | None = None, *, check_migrations: bool = True) -> FastAPI:
+    settings = settings or get_settings()
+    if check_migrations:
+        migrate.check_current(settings)  # refuse to serve an un-migrated database
+
+    app = FastAPI(title="Gouache", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    app.state.settings = settings
+
+    @app.middleware("http")
+    async def csrf_cookie_and_headers(request: Request, call_next):
+        token = csrf_token(request)
+        response = await call_next(request)
+        if request.cookies.get(CSRF_COOKIE) != token:
+            response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="lax", secure=is_secure(request), path="/")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "same-origin")
+        return response
+
+    @app.exception_handler(UserError)
+    async def user_error(request: Request, exc: UserError):
+        if _wants_json(request):
+            return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status_code)
+        if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):
+            return RedirectResponse("/login", status_code=303)
+        if is_htmx(request):
+            response = render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
+            if isinstance(exc, NotAuthenticated):
+                response.headers["HX-Redirect"] = "/login"
+            return response
+        return render(request, "error.html", status_code=exc.status_code, error=exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
+        message = f"{where}: {first.get('msg', 'invalid input')}" if where else first.get("msg", "Invalid input.")
+        if _wants_json(request):
+            return JSONResponse({"error": message, "field": where or None}, status_code=422)
+        return render(request, "error.html", status_code=422, error=UserError(message))
+
+    app.include_router(accounts_router)
+    app.include_router(generation_router)
+    app.include_router(gallery_router)
+    app.include_router(generation_api)
+    app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
+    return app
