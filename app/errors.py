@@ -32,3 +32,7 @@ class InsufficientCredits(UserError):
 
 class CsrfFailed(UserError):
     status_code = 403
+
+
+class ServiceUnavailable(UserError):
+    status_code = 503

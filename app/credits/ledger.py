@@ -14,7 +14,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.accounts.models import User
-from app.credits.models import LedgerEntry
+from app.credits.models import LedgerEntry  # noqa: F401  (re-exported for callers)
 from app.errors import InsufficientCredits
 
 GRANT, HOLD, CAPTURE, RELEASE = "grant", "hold", "capture", "release"

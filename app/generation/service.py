@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.credits import ledger, pricing
 from app.db import transaction, utcnow
-from app.errors import NotFound, UserError
+from app.errors import NotFound, ServiceUnavailable
 from app.gallery.models import Image
 from app.generation.models import FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from app.generation.schemas import MAX_SEED, GenerationRequest, QuoteRequest
@@ -107,7 +107,7 @@ def enqueue(settings: Settings, job: Job) -> None:
         celery_for(settings).send_task("gouache.generate", args=[job.id], queue=settings.queue)
     except Exception as exc:  # the broker is down: the user must not pay for a job that never runs
         fail(settings, job.id, "The job could not be queued; no credits were charged. Please try again.")
-        raise UserError("The generation queue is unavailable right now. Please try again.") from exc
+        raise ServiceUnavailable("The generation queue is unavailable right now; nothing was charged. Please try again.") from exc
 
 
 def get_job(session: Session, user_id: int, job_id: str) -> Job:
