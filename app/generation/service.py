@@ -45,10 +45,10 @@ def size_presets(settings: Settings) -> list[SizePreset]:
         scale = (base * base / (aw * ah)) ** 0.5
         w = max(64, min(settings.model_max_size, round(aw * scale / 8) * 8))
         h = max(64, min(settings.model_max_size, round(ah * scale / 8) * 8))
-        presets.append(SizePreset(f"{name} {aw}:{ah} ({w}×{h})", w, h))
+        presets.append(SizePreset(f"{name} {aw}:{ah} — {w}×{h}", w, h))
     big = min(settings.model_max_size, base * 2) // 8 * 8
     if big > base:
-        presets.append(SizePreset(f"Large square ({big}×{big})", big, big))
+        presets.append(SizePreset(f"Large square 1:1 — {big}×{big}", big, big))
     return presets
 
 

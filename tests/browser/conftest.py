@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app.config import REPO_ROOT
+from tests.conftest import make_settings, migrated, settings_env
+
+CHROMIUM = "/usr/bin/chromium"
+ARTIFACTS = REPO_ROOT / "test-artifacts"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def live_server(tmp_path_factory, tiny_model):
+    """uvicorn and a Celery worker as separate processes, like `gouache dev`."""
+    from tests.conftest import Worker
+
+    tmp = tmp_path_factory.mktemp("live")
+    settings = migrated(make_settings(tmp / "data", tiny_model))
+    worker = Worker(settings, tmp / "worker.log")
+    port = _free_port()
+    log = open(tmp / "web.log", "w")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "web", "--port", str(port)],
+        cwd=REPO_ROOT, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    worker.wait_ready()
+    yield url
+    web.terminate()
+    web.wait(timeout=10)
+    worker.stop()
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+        pytest.fail("Debian's chromium is not installed (apt-get install chromium); .ci/run installs it")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        b = p.chromium.launch(
+            executable_path=CHROMIUM,
+            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+        )
+        yield b
+        b.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1280, "height": 860})
+    page = context.new_page()
+    yield page
+    context.close()
+
+
+@pytest.fixture
+def shoot(page):
+    """Save a screenshot under test-artifacts/ (for people to look at, not asserted)."""
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    def shoot(name: str) -> None:
+        page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
+
+    return shoot
