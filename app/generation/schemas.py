@@ -53,9 +53,14 @@ def _int(data: Mapping[str, Any], field: str, label: str, default: int | None = 
         raise UserError(f"{label} must be a whole number.", field=field) from None
 
 
+def _number(x: int | float) -> str:
+    # "30" for 30.0, but whole numbers in full: :g would print 2**32-1 as 4.29497e+09.
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def _in_range(value: int | float, lo: int | float, hi: int | float, field: str, label: str) -> None:
     if not lo <= value <= hi:
-        raise UserError(f"{label} must be between {lo:g} and {hi:g}.", field=field)
+        raise UserError(f"{label} must be between {_number(lo)} and {_number(hi)}.", field=field)
 
 
 def _size(data: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
