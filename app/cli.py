@@ -38,6 +38,14 @@ def web(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the web app (no worker)."""
     import uvicorn
 
+    from app import migrate
+
+    try:
+        migrate.check_current(get_settings())
+    except migrate.NotMigrated as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(1) from None
+
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, proxy_headers=True)
 
 

@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
 
     queue: str = "generate"
+    # A running job with no progress for this long lost its worker; a queued job
+    # not picked up for this long has no worker. Either is failed and refunded.
+    job_stale_after_s: int = Field(default=600, ge=10)
+    job_queue_timeout_s: int = Field(default=3600, ge=10)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

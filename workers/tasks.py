@@ -23,8 +23,14 @@ log = logging.getLogger(__name__)
 
 @worker_process_init.connect
 def _warm_up(**_kwargs):
-    # Load the model when the worker starts, not on the first user's job.
+    # Refund jobs orphaned by a worker that died, then load the model now rather
+    # than on the first user's job.
     settings = get_settings()
+    try:
+        if reaped := service.reap_stale_jobs(settings):
+            log.warning("failed and refunded %d stale job(s)", reaped)
+    except Exception:
+        log.exception("could not reap stale jobs")
     try:
         pipelines.load(settings, settings.model)
     except Exception:  # a broken model must not stop the worker: jobs will fail with the reason
@@ -48,7 +54,10 @@ def generate(job_id: str) -> None:
             image.save(buf, format="PNG")
             storage.put(key, buf.getvalue(), "image/png")
             stored.append((key, index, seed, image.width, image.height))
-        service.succeed(settings, job, stored)
+        if not service.succeed(settings, job, stored):
+            log.warning("job %s was failed meanwhile; discarding its images", job_id)
+            for key, *_ in stored:
+                storage.delete(key)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         service.fail(settings, job_id, f"Generation failed: {type(exc).__name__}: {exc}")

@@ -37,6 +37,9 @@ class Job(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
+    # Last sign of life from the worker (claim, each step): a running job whose
+    # heartbeat is old had its worker die, and is failed and refunded.
+    heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
 
     @property

@@ -86,17 +86,13 @@ async def generate(request: Request, user: CurrentUser = Depends(require_user)):
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
-    with transaction(get_app_settings(request)) as session:
-        job = service.get_job(session, user.id, job_id)
-        images = service.job_images(session, job)
+    job, images = service.get_job(get_app_settings(request), user.id, job_id)
     return render(request, "generation/job.html", job=job, images=images)
 
 
 @router.get("/jobs/{job_id}/card")
 def job_card(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
-    with transaction(get_app_settings(request)) as session:
-        job = service.get_job(session, user.id, job_id)
-        images = service.job_images(session, job)
+    job, images = service.get_job(get_app_settings(request), user.id, job_id)
     response = render(request, "generation/_job_card.html", job=job, images=images)
     if job.done:
         # Tell the page the balance may have changed (a failed job gives credits back).
@@ -148,6 +144,5 @@ def api_generate(
 
 @api.get("/generations/{job_id}")
 def api_job(request: Request, job_id: str, user: CurrentUser = Depends(require_user)) -> schemas.JobOut:
-    with transaction(get_app_settings(request)) as session:
-        job = service.get_job(session, user.id, job_id)
-        return job_out(request, job, service.job_images(session, job))
+    job, images = service.get_job(get_app_settings(request), user.id, job_id)
+    return job_out(request, job, images)

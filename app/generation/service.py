@@ -5,8 +5,9 @@ from __future__ import annotations
 import secrets
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -110,12 +111,55 @@ def enqueue(settings: Settings, job: Job) -> None:
         raise ServiceUnavailable("The generation queue is unavailable right now; nothing was charged. Please try again.") from exc
 
 
-def get_job(session: Session, user_id: int, job_id: str) -> Job:
-    """The user's own job, or NotFound (never another user's)."""
-    job = session.get(Job, job_id)
-    if job is None or job.user_id != user_id:
-        raise NotFound("No such job.")
-    return job
+def get_job(settings: Settings, user_id: int, job_id: str) -> tuple[Job, list[Image]]:
+    """The user's own job and its images, or NotFound (never another user's).
+
+    A job whose worker died is failed (and refunded) here, when its owner looks.
+    """
+    with transaction(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.user_id != user_id:
+            raise NotFound("No such job.")
+        stale = _is_stale(settings, job)
+    if stale:
+        fail(settings, job_id, stale)
+    with transaction(settings) as session:
+        job = session.get(Job, job_id)
+        return job, job_images(session, job)
+
+
+STALE_RUNNING = "The worker stopped responding; no credits were charged. Please try again."
+STALE_QUEUED = "No worker picked this job up in time; no credits were charged. Please try again later."
+
+
+def _is_stale(settings: Settings, job: Job) -> str | None:
+    now = utcnow()
+    if job.status == RUNNING and (job.heartbeat_at or job.created_at) < now - timedelta(seconds=settings.job_stale_after_s):
+        return STALE_RUNNING
+    if job.status == QUEUED and job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s):
+        return STALE_QUEUED
+    return None
+
+
+def reap_stale_jobs(settings: Settings) -> int:
+    """Fail and refund every job whose worker died or that no worker took; returns how many."""
+    now = utcnow()
+    with transaction(settings) as session:
+        ids = session.scalars(
+            select(Job.id).where(
+                or_(
+                    (Job.status == RUNNING) & (Job.heartbeat_at < now - timedelta(seconds=settings.job_stale_after_s)),
+                    (Job.status == QUEUED) & (Job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s)),
+                )
+            )
+        ).all()
+    for job_id in ids:
+        with transaction(settings) as session:
+            job = session.get(Job, job_id)
+            reason = _is_stale(settings, job)
+        if reason:
+            fail(settings, job_id, reason)
+    return len(ids)
 
 
 def job_images(session: Session, job: Job) -> list[Image]:
@@ -129,36 +173,48 @@ def claim(settings: Settings, job_id: str) -> Job | None:
     """queued → running, exactly once; None if another delivery already took it."""
     with transaction(settings) as session:
         taken = session.execute(
-            update(Job).where(Job.id == job_id, Job.status == QUEUED).values(status=RUNNING, started_at=utcnow())
+            update(Job)
+            .where(Job.id == job_id, Job.status == QUEUED)
+            .values(status=RUNNING, started_at=utcnow(), heartbeat_at=utcnow())
         ).rowcount
         return session.get(Job, job_id) if taken else None
 
 
 def report_progress(settings: Settings, job_id: str, step: int) -> None:
     with transaction(settings) as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(progress_step=step))
+        session.execute(
+            update(Job).where(Job.id == job_id, Job.status == RUNNING).values(progress_step=step, heartbeat_at=utcnow())
+        )
 
 
-def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int, int]]) -> None:
-    """Record the stored images ``(key, index, seed, width, height)`` and capture the charge."""
+def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int, int]]) -> bool:
+    """Record the stored images ``(key, index, seed, width, height)`` and capture the charge.
+
+    Returns False (and records nothing) if the job is no longer running: it was
+    failed as stale meanwhile and its credits already went back.
+    """
     with transaction(settings) as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job.id, Job.status == RUNNING)
+            .values(status=SUCCEEDED, progress_step=job.steps, finished_at=utcnow())
+        ).rowcount
+        if not done:
+            return False
         for key, index, seed, width, height in images:
             session.add(
                 Image(id=str(uuid.uuid4()), user_id=job.user_id, job_id=job.id, index=index,
                       storage_key=key, seed=seed, width=width, height=height)
             )
-        session.execute(
-            update(Job).where(Job.id == job.id)
-            .values(status=SUCCEEDED, progress_step=job.steps, finished_at=utcnow())
-        )
         ledger.capture(session, job.user_id, job_id=job.id)
+        return True
 
 
 def fail(settings: Settings, job_id: str, reason: str) -> None:
     """Mark the job failed and give its held credits back (once)."""
     with transaction(settings) as session:
         job = session.get(Job, job_id)
-        if job is None or job.status == SUCCEEDED:
+        if job is None or job.status in (SUCCEEDED, FAILED):
             return
         job.status = FAILED
         job.error = reason[:2000]

@@ -262,3 +262,47 @@ def test_an_unreachable_queue_charges_nothing(make_client, tmp_path, tiny_model)
 def test_the_app_refuses_an_unmigrated_database(tmp_path, tiny_model):
     with pytest.raises(NotMigrated, match="gouache db upgrade"):
         create_app(make_settings(tmp_path / "fresh", tiny_model))
+
+
+# ---- a worker that dies must not keep the user's credits ---------------------------------
+
+
+def _age_job(settings, job_id: str, **seconds_ago) -> None:
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from app.db import utcnow
+
+    values = {col: utcnow() - timedelta(seconds=s) for col, s in seconds_ago.items()}
+    with transaction(settings) as session:
+        session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def test_a_job_whose_worker_died_fails_and_is_refunded_when_its_owner_looks(user_client, settings):
+    job = user_client.api_post("/api/v1/generations", {"prompt": "a cat", "steps": 50}).json()
+    claimed = service.claim(settings, job["id"])
+    assert balance_of(settings, "ada@example.com") == 200 - job["price"]
+    _age_job(settings, job["id"], heartbeat_at=settings.job_stale_after_s + 5)
+
+    card = user_client.get(f"/jobs/{job['id']}/card").text
+    assert "stopped responding" in card and "No credits were charged" in card
+    assert balance_of(settings, "ada@example.com") == 200
+    # the worker wakes up and finishes: nothing is recorded, nothing charged
+    assert service.succeed(settings, claimed, [("images/x/y/0.png", 0, 1, 64, 64)]) is False
+    assert user_client.get(f"/api/v1/generations/{job['id']}").json()["images"] == []
+    assert balance_of(settings, "ada@example.com") == 200
+
+
+def test_stale_jobs_are_reaped_in_bulk(user_client, settings):
+    queued = user_client.api_post("/api/v1/generations", {"prompt": "never picked up"}).json()
+    running = user_client.api_post("/api/v1/generations", {"prompt": "worker died"}).json()
+    fresh = user_client.api_post("/api/v1/generations", {"prompt": "still fine"}).json()
+    service.claim(settings, running["id"])
+    _age_job(settings, queued["id"], created_at=settings.job_queue_timeout_s + 5)
+    _age_job(settings, running["id"], heartbeat_at=settings.job_stale_after_s + 5)
+
+    assert service.reap_stale_jobs(settings) == 2
+    statuses = {j: user_client.get(f"/api/v1/generations/{j}").json()["status"] for j in (queued["id"], running["id"], fresh["id"])}
+    assert statuses == {queued["id"]: "failed", running["id"]: "failed", fresh["id"]: "queued"}
+    assert balance_of(settings, "ada@example.com") == 200 - fresh["price"]
