@@ -19,8 +19,17 @@ cli.add_typer(db_cli, name="db")
 def _worker_argv(queues: str | None, loglevel: str) -> list[str]:
     settings = get_settings()
     return [
-        "worker", "--pool", "solo", "--concurrency", "1",
-        "--queues", queues or settings.queue, "--loglevel", loglevel, "--without-gossip", "--without-mingle",
+        "worker",
+        "--pool",
+        "solo",
+        "--concurrency",
+        "1",
+        "--queues",
+        queues or settings.queue,
+        "--loglevel",
+        loglevel,
+        "--without-gossip",
+        "--without-mingle",
     ]
 
 
@@ -74,7 +83,9 @@ def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for t
         [sys.executable, "-m", "celery", "-A", "workers.celery_app", *_worker_argv(None, "INFO")],
         env=os.environ.copy(),
     )
-    typer.secho(f"\n  Gouache is running at http://{host}:{port}/  (data in {settings.data_dir})\n", fg="green", bold=True)
+    typer.secho(
+        f"\n  Gouache is running at http://{host}:{port}/  (data in {settings.data_dir})\n", fg="green", bold=True
+    )
     try:
         uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
     finally:

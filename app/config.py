@@ -83,6 +83,17 @@ class Settings(BaseSettings):
             self.model_max_size = 256 if builtin else max(768, self.model_default_size)
         if not self.model_default_steps:
             self.model_default_steps = 20 if builtin else 30
+        for name in ("model_default_size", "model_max_size"):
+            value = getattr(self, name)
+            if value < 64 or value % 8:
+                raise ValueError(f"GOUACHE_{name.upper()} must be a multiple of 8 and at least 64 (got {value})")
+        if self.model_default_size > self.model_max_size:
+            raise ValueError(
+                f"GOUACHE_MODEL_DEFAULT_SIZE ({self.model_default_size}) is larger than "
+                f"GOUACHE_MODEL_MAX_SIZE ({self.model_max_size})"
+            )
+        if self.model_default_steps > self.model_max_steps:
+            raise ValueError("GOUACHE_MODEL_DEFAULT_STEPS is larger than GOUACHE_MODEL_MAX_STEPS")
         return self
 
     @property

@@ -81,7 +81,10 @@ class Worker:
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
-            cwd=REPO_ROOT, env=settings_env(settings), stdout=self._log, stderr=subprocess.STDOUT,
+            cwd=REPO_ROOT,
+            env=settings_env(settings),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
         )
 
     def wait_ready(self, timeout: float = 120) -> None:

@@ -74,7 +74,9 @@ def run(settings, job):
         service.report_progress(settings, job.id, step + 1)
         return callback_kwargs
 
-    log.info("job %s: %d×%d, %d steps, %d image(s) on %s", job.id, job.width, job.height, job.steps, job.n_images, device)
+    log.info(
+        "job %s: %d×%d, %d steps, %d image(s) on %s", job.id, job.width, job.height, job.steps, job.n_images, device
+    )
     result = pipe(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt or None,

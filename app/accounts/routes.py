@@ -15,8 +15,13 @@ def _logged_in(request: Request, token: str, to: str = "/") -> RedirectResponse:
     settings = get_app_settings(request)
     response = RedirectResponse(to, status_code=303)
     response.set_cookie(
-        SESSION_COOKIE, token, max_age=settings.session_days * 86400, httponly=True,
-        samesite="lax", secure=is_secure(request), path="/",
+        SESSION_COOKIE,
+        token,
+        max_age=settings.session_days * 86400,
+        httponly=True,
+        samesite="lax",
+        secure=is_secure(request),
+        path="/",
     )
     return response
 
@@ -82,7 +87,10 @@ def change_password(
     try:
         with transaction(settings) as session:
             service.change_password(
-                session, session.get(User, user.id), current_password, new_password,
+                session,
+                session.get(User, user.id),
+                current_password,
+                new_password,
                 keep_token=request.cookies.get(SESSION_COOKIE),
             )
     except UserError as e:

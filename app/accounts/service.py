@@ -30,7 +30,8 @@ _COMMON_PASSWORDS = frozenset(
 def normalize_email(email: str) -> str:
     email = email.strip().lower()
     local, _, domain = email.partition("@")
-    if not local or "." not in domain or " " in email or len(email) > 320:
+    labels = domain.split(".")
+    if not local or "@" in domain or len(labels) < 2 or not all(labels) or " " in email or len(email) > 320:
         raise UserError("Enter a valid email address.", field="email")
     return email
 

@@ -68,17 +68,29 @@ def hold(session: Session, user_id: int, amount: int, *, job_id: str, memo: str)
             f"Not enough credits: this costs {amount} and your balance is {have}.", field="credits"
         )
     session.add(
-        LedgerEntry(user_id=user_id, kind=HOLD, amount=-amount, idempotency_key=f"job:{job_id}:hold", job_id=job_id, memo=memo)
+        LedgerEntry(
+            user_id=user_id, kind=HOLD, amount=-amount, idempotency_key=f"job:{job_id}:hold", job_id=job_id, memo=memo
+        )
     )
     session.flush()
 
 
 def capture(session: Session, user_id: int, *, job_id: str) -> bool:
     """The job delivered: its hold becomes a charge (a zero-amount marker entry)."""
-    return _append(session, user_id=user_id, kind=CAPTURE, amount=0, key=f"job:{job_id}:settle", job_id=job_id, memo="Charge captured")
+    return _append(
+        session,
+        user_id=user_id,
+        kind=CAPTURE,
+        amount=0,
+        key=f"job:{job_id}:settle",
+        job_id=job_id,
+        memo="Charge captured",
+    )
 
 
 def release(session: Session, user_id: int, amount: int, *, job_id: str, memo: str) -> bool:
     """The job failed: give the held credits back. Shares capture's key, so a job
     is settled once, one way or the other."""
-    return _append(session, user_id=user_id, kind=RELEASE, amount=amount, key=f"job:{job_id}:settle", job_id=job_id, memo=memo)
+    return _append(
+        session, user_id=user_id, kind=RELEASE, amount=amount, key=f"job:{job_id}:settle", job_id=job_id, memo=memo
+    )

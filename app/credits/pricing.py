@@ -30,7 +30,9 @@ def price_per_image(settings: Settings, *, width: int, height: int, steps: int, 
     return max(settings.price_min_credits_per_image, credits)
 
 
-def price(settings: Settings, *, width: int, height: int, steps: int, n_images: int, multiplier: float | None = None) -> int:
+def price(
+    settings: Settings, *, width: int, height: int, steps: int, n_images: int, multiplier: float | None = None
+) -> int:
     """Credits for a request of ``n_images`` images of ``width``×``height`` at ``steps``."""
     if multiplier is None:
         multiplier = settings.model_price_multiplier

@@ -45,8 +45,18 @@ def _form_context(request: Request, form: dict[str, Any]) -> dict[str, Any]:
 def home(request: Request, user: CurrentUser | None = Depends(optional_user)):
     if user is None:
         return render(request, "landing.html")
-    form = {k: v for k, v in request.query_params.items() if k in ("prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n")}
-    return render(request, "generation/generate.html", error=None, jobs=_recent_jobs(request, user), **_form_context(request, form))
+    form = {
+        k: v
+        for k, v in request.query_params.items()
+        if k in ("prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n")
+    }
+    return render(
+        request,
+        "generation/generate.html",
+        error=None,
+        jobs=_recent_jobs(request, user),
+        **_form_context(request, form),
+    )
 
 
 @router.get("/generate/quote")
@@ -75,8 +85,12 @@ async def generate(request: Request, user: CurrentUser = Depends(require_user)):
             response.headers["HX-Reswap"] = "outerHTML"
             return response
         return render(
-            request, "generation/generate.html", status_code=e.status_code, error=e,
-            jobs=_recent_jobs(request, user), **_form_context(request, form),
+            request,
+            "generation/generate.html",
+            status_code=e.status_code,
+            error=e,
+            jobs=_recent_jobs(request, user),
+            **_form_context(request, form),
         )
     if is_htmx(request):
         request.state._state.pop("user", None)  # re-read the balance after the hold
@@ -110,13 +124,31 @@ def balance_fragment(request: Request, user: CurrentUser = Depends(require_user)
 
 def job_out(request: Request, job: Job, images) -> schemas.JobOut:
     return schemas.JobOut(
-        id=job.id, status=job.status, progress=job.progress, step=job.progress_step, steps=job.steps,
-        prompt=job.prompt, negative_prompt=job.negative_prompt, width=job.width, height=job.height,
-        guidance=job.guidance, seed=job.seed, n_images=job.n_images, model=job.model, price=job.price,
-        error=job.error, created_at=job.created_at,
+        id=job.id,
+        status=job.status,
+        progress=job.progress,
+        step=job.progress_step,
+        steps=job.steps,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        width=job.width,
+        height=job.height,
+        guidance=job.guidance,
+        seed=job.seed,
+        n_images=job.n_images,
+        model=job.model,
+        price=job.price,
+        error=job.error,
+        created_at=job.created_at,
         images=[
-            schemas.ImageOut(id=i.id, index=i.index, seed=i.seed, width=i.width, height=i.height,
-                             url=str(request.url_for("image_file", image_id=i.id)))
+            schemas.ImageOut(
+                id=i.id,
+                index=i.index,
+                seed=i.seed,
+                width=i.width,
+                height=i.height,
+                url=str(request.url_for("image_file", image_id=i.id)),
+            )
             for i in images
         ],
     )

@@ -67,7 +67,7 @@ def _size(data: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
     size = data.get("size")
     if not _blank(size):
         w, sep, h = str(size).lower().partition("x")
-        if not sep:
+        if not sep or not w.strip() or not h.strip():
             raise UserError("Size must look like 512x512.", field="size")
         data = {"width": w, "height": h}
     width = _int(data, "width", "Width", settings.model_default_size)
@@ -102,7 +102,9 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
         raise UserError("The negative prompt must be text.", field="negative_prompt")
     negative = negative.strip()
     if len(negative) > settings.max_prompt_chars:
-        raise UserError(f"The negative prompt is longer than {settings.max_prompt_chars} characters.", field="negative_prompt")
+        raise UserError(
+            f"The negative prompt is longer than {settings.max_prompt_chars} characters.", field="negative_prompt"
+        )
     quote = parse_quote(data, settings)
     raw_guidance = data.get("guidance")
     try:

@@ -84,7 +84,13 @@ def submit(settings: Settings, user_id: int, req: GenerationRequest, client_requ
         with transaction(settings) as session:
             session.add(job)
             session.flush()
-            ledger.hold(session, user_id, price, job_id=job.id, memo=f"{req.n_images} image(s), {req.width}×{req.height}, {req.steps} steps")
+            ledger.hold(
+                session,
+                user_id,
+                price,
+                job_id=job.id,
+                memo=f"{req.n_images} image(s), {req.width}×{req.height}, {req.steps} steps",
+            )
     except IntegrityError:
         existing = _job_by_request(settings, user_id, client_request_id)
         if existing is None:
@@ -96,9 +102,7 @@ def submit(settings: Settings, user_id: int, req: GenerationRequest, client_requ
 
 def _job_by_request(settings: Settings, user_id: int, client_request_id: str) -> Job | None:
     with transaction(settings) as session:
-        return session.scalar(
-            select(Job).where(Job.user_id == user_id, Job.client_request_id == client_request_id)
-        )
+        return session.scalar(select(Job).where(Job.user_id == user_id, Job.client_request_id == client_request_id))
 
 
 def enqueue(settings: Settings, job: Job) -> None:
@@ -108,7 +112,9 @@ def enqueue(settings: Settings, job: Job) -> None:
         celery_for(settings).send_task("gouache.generate", args=[job.id], queue=settings.queue)
     except Exception as exc:  # the broker is down: the user must not pay for a job that never runs
         fail(settings, job.id, "The job could not be queued; no credits were charged. Please try again.")
-        raise ServiceUnavailable("The generation queue is unavailable right now; nothing was charged. Please try again.") from exc
+        raise ServiceUnavailable(
+            "The generation queue is unavailable right now; nothing was charged. Please try again."
+        ) from exc
 
 
 def get_job(settings: Settings, user_id: int, job_id: str) -> tuple[Job, list[Image]]:
@@ -134,7 +140,9 @@ STALE_QUEUED = "No worker picked this job up in time; no credits were charged. P
 
 def _is_stale(settings: Settings, job: Job) -> str | None:
     now = utcnow()
-    if job.status == RUNNING and (job.heartbeat_at or job.created_at) < now - timedelta(seconds=settings.job_stale_after_s):
+    if job.status == RUNNING and (job.heartbeat_at or job.created_at) < now - timedelta(
+        seconds=settings.job_stale_after_s
+    ):
         return STALE_RUNNING
     if job.status == QUEUED and job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s):
         return STALE_QUEUED
@@ -203,8 +211,16 @@ def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int,
             return False
         for key, index, seed, width, height in images:
             session.add(
-                Image(id=str(uuid.uuid4()), user_id=job.user_id, job_id=job.id, index=index,
-                      storage_key=key, seed=seed, width=width, height=height)
+                Image(
+                    id=str(uuid.uuid4()),
+                    user_id=job.user_id,
+                    job_id=job.id,
+                    index=index,
+                    storage_key=key,
+                    seed=seed,
+                    width=width,
+                    height=height,
+                )
             )
         ledger.capture(session, job.user_id, job_id=job.id)
         return True

@@ -27,9 +27,7 @@ def get_storage(settings: Settings) -> Storage:
     if settings.storage == "s3":
         from app.storage.s3 import S3Storage
 
-        return S3Storage(
-            bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region
-        )
+        return S3Storage(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
     from app.storage.filesystem import FilesystemStorage
 
     return FilesystemStorage(settings.storage_dir)

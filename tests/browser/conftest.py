@@ -34,7 +34,10 @@ def live_server(tmp_path_factory, tiny_model):
     log = open(tmp / "web.log", "w")
     web = subprocess.Popen(
         [sys.executable, "-m", "app.cli", "web", "--port", str(port)],
-        cwd=REPO_ROOT, env=settings_env(settings), stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 60
@@ -61,8 +64,15 @@ def browser():
     with sync_playwright() as p:
         b = p.chromium.launch(
             executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                  "--disable-component-update", "--disable-sync", "--no-first-run"],
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-dev-shm-usage",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
         )
         yield b
         b.close()

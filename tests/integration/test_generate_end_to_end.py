@@ -32,8 +32,18 @@ def test_sign_up_generate_and_see_the_image_in_the_gallery(settings, user_client
     quoted = c.get("/api/v1/quote", params={"width": 64, "height": 64, "steps": 4, "n": 2}).json()["credits"]
     page = c.get("/")
     request_id = re.search(r'name="request_id" id="request-id" value="(\w+)"', page.text).group(1)
-    submitted = c.form("/generate", {"prompt": "a red circle on a blue background", "size": "64x64",
-                                     "steps": 4, "guidance": 7, "n": 2, "seed": "", "request_id": request_id})
+    submitted = c.form(
+        "/generate",
+        {
+            "prompt": "a red circle on a blue background",
+            "size": "64x64",
+            "steps": 4,
+            "guidance": 7,
+            "n": 2,
+            "seed": "",
+            "request_id": request_id,
+        },
+    )
     assert submitted.status_code == 303
     job_id = submitted.headers["location"].rsplit("/", 1)[1]
     assert balance_on_page(c) == 200 - quoted  # held at submit
@@ -58,7 +68,7 @@ def test_sign_up_generate_and_see_the_image_in_the_gallery(settings, user_client
     # The gallery lists them; the detail page shows the settings; the file is served.
     gallery = c.get("/gallery").text
     for image in job["images"]:
-        assert f'/gallery/{image["id"]}' in gallery
+        assert f"/gallery/{image['id']}" in gallery
     detail = c.get(f"/gallery/{job['images'][0]['id']}").text
     assert "a red circle on a blue background" in detail and str(job["seed"]) in detail
     served = c.get(f"/images/{job['images'][0]['id']}.png")
@@ -71,7 +81,7 @@ def test_sign_up_generate_and_see_the_image_in_the_gallery(settings, user_client
     assert other.get(f"/api/v1/generations/{job_id}").status_code == 404
     assert other.get(f"/gallery/{job['images'][0]['id']}").status_code == 404
     assert other.get(f"/images/{job['images'][0]['id']}.png").status_code == 404
-    assert f'/gallery/{job["images"][0]["id"]}' not in other.get("/gallery").text
+    assert f"/gallery/{job['images'][0]['id']}" not in other.get("/gallery").text
 
 
 def test_a_job_whose_pipeline_raises_fails_and_costs_nothing(tmp_path, broken_model, make_client, start_worker):

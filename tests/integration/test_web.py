@@ -47,7 +47,7 @@ def test_signed_in_home_has_the_generate_form_balance_and_gallery_link(user_clie
     page = user_client.get("/").text
     assert '<label for="prompt">Prompt</label>' in page
     assert ">Generate</button>" in page
-    assert '<strong>200</strong> credits' in page
+    assert "<strong>200</strong> credits" in page
     assert 'href="/gallery"' in page
     # every visible form control has a label
     ids = set(re.findall(r'<(?:input|textarea|select)(?![^>]*type="hidden")[^>]*\bid="([\w-]+)"', page))
@@ -99,7 +99,9 @@ def test_session_cookie_is_httponly_samesite_and_secure_over_https(settings):
         http = TestClient(app, base_url=base, follow_redirects=False)
         http.get("/signup")
         email = f"{'s' if secure else 'p'}@example.com"
-        response = http.post("/signup", data={"email": email, "password": PASSWORD, "csrf_token": http.cookies["gouache_csrf"]})
+        response = http.post(
+            "/signup", data={"email": email, "password": PASSWORD, "csrf_token": http.cookies["gouache_csrf"]}
+        )
         cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("gouache_session="))
         assert "HttpOnly" in cookie and "SameSite=lax" in cookie
         assert ("Secure" in cookie) is secure
@@ -115,7 +117,9 @@ def test_log_out_really_ends_the_session(user_client):
 def test_changing_the_password_ends_other_sessions(user_client):
     other_browser = Browserless(user_client.http.app)
     assert other_browser.form("/login", {"email": "ada@example.com", "password": PASSWORD}).status_code == 303
-    changed = user_client.form("/account/password", {"current_password": PASSWORD, "new_password": "a brand new passphrase"})
+    changed = user_client.form(
+        "/account/password", {"current_password": PASSWORD, "new_password": "a brand new passphrase"}
+    )
     assert changed.status_code == 200 and "Password changed" in changed.text
     assert other_browser.get("/gallery").status_code == 303  # logged out
     assert user_client.get("/gallery").status_code == 200  # this one stays
@@ -139,7 +143,9 @@ def test_the_charge_equals_the_quote(user_client, settings):
     for size, steps, n in ((64, 4, 1), (128, 20, 3), (96, 50, 4)):
         quote = user_client.get("/api/v1/quote", params={"width": size, "height": size, "steps": steps, "n": n}).json()
         before = balance_of(settings, "ada@example.com")
-        job = user_client.api_post("/api/v1/generations", {"prompt": "a cat", "width": size, "height": size, "steps": steps, "n": n})
+        job = user_client.api_post(
+            "/api/v1/generations", {"prompt": "a cat", "width": size, "height": size, "steps": steps, "n": n}
+        )
         assert job.status_code == 202
         assert job.json()["price"] == quote["credits"]
         assert balance_of(settings, "ada@example.com") == before - quote["credits"]
@@ -202,14 +208,20 @@ def test_a_double_submit_creates_one_job(user_client, settings):
     with transaction(settings) as session:
         holds = session.scalar(select(func.count()).select_from(LedgerEntry).where(LedgerEntry.kind == "hold"))
     assert holds == 1
-    api = [user_client.api_post("/api/v1/generations", {"prompt": "a dog"}, **{"Idempotency-Key": "k1"}) for _ in range(2)]
+    api = [
+        user_client.api_post("/api/v1/generations", {"prompt": "a dog"}, **{"Idempotency-Key": "k1"}) for _ in range(2)
+    ]
     assert api[0].json()["id"] == api[1].json()["id"]
     assert jobs_count(settings) == 2
 
 
 def test_htmx_submit_returns_the_job_card_and_a_fresh_request_id(user_client):
     headers = {"HX-Request": "true", "X-CSRF-Token": user_client.csrf}
-    ok = user_client.http.post("/generate", data={"prompt": "a cat", "size": "64x64", "steps": "4", "n": "1", "request_id": "h1"}, headers=headers)
+    ok = user_client.http.post(
+        "/generate",
+        data={"prompt": "a cat", "size": "64x64", "steps": "4", "n": "1", "request_id": "h1"},
+        headers=headers,
+    )
     assert ok.status_code == 200
     assert 'class="job job-queued"' in ok.text and 'hx-trigger="every 600ms"' in ok.text
     assert re.search(r'id="request-id" value="(\w+)" hx-swap-oob="true"', ok.text).group(1) != "h1"
@@ -248,7 +260,9 @@ def test_failing_twice_releases_once(user_client, settings):
 def test_an_unreachable_queue_charges_nothing(make_client, tmp_path, tiny_model):
     from tests.conftest import migrated
 
-    broken = migrated(make_settings(tmp_path / "noqueue", tiny_model, broker_url="sqla+sqlite:////nonexistent/dir/broker.sqlite"))
+    broken = migrated(
+        make_settings(tmp_path / "noqueue", tiny_model, broker_url="sqla+sqlite:////nonexistent/dir/broker.sqlite")
+    )
     c = make_client(broken)
     c.sign_up("ada@example.com")
     response = c.api_post("/api/v1/generations", {"prompt": "a cat"})
@@ -303,6 +317,9 @@ def test_stale_jobs_are_reaped_in_bulk(user_client, settings):
     _age_job(settings, running["id"], heartbeat_at=settings.job_stale_after_s + 5)
 
     assert service.reap_stale_jobs(settings) == 2
-    statuses = {j: user_client.get(f"/api/v1/generations/{j}").json()["status"] for j in (queued["id"], running["id"], fresh["id"])}
+    statuses = {
+        j: user_client.get(f"/api/v1/generations/{j}").json()["status"]
+        for j in (queued["id"], running["id"], fresh["id"])
+    }
     assert statuses == {queued["id"]: "failed", running["id"]: "failed", fresh["id"]: "queued"}
     assert balance_of(settings, "ada@example.com") == 200 - fresh["price"]

@@ -83,7 +83,7 @@ def test_an_email_can_have_only_one_account_whatever_its_case(db_settings, email
 
 
 @pytest.mark.parametrize(
-    "bad", ["", "   ", "not-an-email", "ada@localhost", "@example.com", "ada lovelace@example.com"]
+    "bad", ["", "   ", "not-an-email", "ada@localhost", "@example.com", "ada lovelace@example.com", "x@.", "a@b@c.com"]
 )
 def test_an_invalid_email_is_refused(db_settings, bad):
     error = refused(db_settings, bad, PASSWORD)

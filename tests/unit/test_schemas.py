@@ -129,6 +129,7 @@ def test_the_size_choice_wins_over_width_and_height(settings):
         ({"seed": str(2**32)}, "seed", "Seed must be between 0 and 4294967295."),
         ({"seed": "lucky"}, "seed", "Seed must be a whole number."),
         ({"size": "512"}, "size", "Size must look like 512x512."),
+        ({"size": "128x"}, "size", "Size must look like 512x512."),
     ],
 )
 def test_a_bad_value_is_refused_with_a_message_naming_the_field(settings, changes, field, message):
