@@ -12,13 +12,36 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # The model that is built from configs on first start when no real model is named.
 BUILTIN_TINY_MODEL = "builtin:tiny-random"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+class CreditPack(BaseModel):
+    """A top-up users can buy: ``credits`` for ``amount`` in ``currency``'s minor unit (cents)."""
+
+    id: str = Field(pattern=r"^[a-z0-9_-]{1,64}$")
+    name: str
+    credits: int = Field(gt=0)
+    amount: int = Field(gt=0)
+    currency: str = Field(default="usd", pattern=r"^[a-z]{3}$")
+
+    @property
+    def price_label(self) -> str:
+        symbol = {"usd": "$", "eur": "€", "gbp": "£"}.get(self.currency)
+        major = f"{self.amount / 100:.2f}"
+        return f"{symbol}{major}" if symbol else f"{major} {self.currency.upper()}"
+
+
+DEFAULT_PACKS = [
+    CreditPack(id="starter", name="Starter", credits=1000, amount=1000),
+    CreditPack(id="studio", name="Studio", credits=5500, amount=5000),
+    CreditPack(id="pro", name="Pro", credits=12000, amount=10000),
+]
 
 
 class Settings(BaseSettings):
@@ -46,6 +69,18 @@ class Settings(BaseSettings):
     price_ref_pixels: int = Field(default=512 * 512, gt=0)
     price_pixel_exponent: float = Field(default=1.2, gt=0)
     price_min_credits_per_image: int = Field(default=1, ge=1)
+
+    # Free credits: granted at signup; optionally topped up to this amount once a
+    # month (0 = off), without accumulating.
+    monthly_refill_credits: int = Field(default=0, ge=0)
+
+    # Buying credits. With no Stripe secret key, a local test checkout completes
+    # purchases through the same fulfilment code (and is refused once keys are set).
+    credit_packs: list[CreditPack] = Field(default_factory=lambda: list(DEFAULT_PACKS))
+    stripe_secret_key: str = ""
+    stripe_webhook_secret: str = ""
+    stripe_api_base: str = ""  # only to point the stripe library at a local test server
+    stripe_webhook_tolerance_s: int = Field(default=300, ge=1)
 
     # The model (a hub id, a local diffusers folder, or the built-in test model)
     model: str = BUILTIN_TINY_MODEL
@@ -95,6 +130,13 @@ class Settings(BaseSettings):
         if self.model_default_steps > self.model_max_steps:
             raise ValueError("GOUACHE_MODEL_DEFAULT_STEPS is larger than GOUACHE_MODEL_MAX_STEPS")
         return self
+
+    @property
+    def stripe_enabled(self) -> bool:
+        return bool(self.stripe_secret_key)
+
+    def pack(self, pack_id: str) -> CreditPack | None:
+        return next((p for p in self.credit_packs if p.id == pack_id), None)
 
     @property
     def model_is_untrained(self) -> bool:

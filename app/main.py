@@ -10,6 +10,8 @@ from fastapi.staticfiles import StaticFiles
 from app import migrate
 from app.accounts.routes import router as accounts_router
 from app.config import REPO_ROOT, Settings, get_settings
+from app.credits.routes import router as credits_router
+from app.credits.routes import webhooks as credits_webhooks
 from app.errors import NotAuthenticated, UserError
 from app.gallery.routes import router as gallery_router
 from app.generation.routes import api as generation_api
@@ -65,6 +67,8 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.include_router(accounts_router)
     app.include_router(generation_router)
     app.include_router(gallery_router)
+    app.include_router(credits_router)
+    app.include_router(credits_webhooks)
     app.include_router(generation_api)
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     return app

@@ -10,6 +10,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.accounts import service as accounts
 from app.config import REPO_ROOT, Settings
+from app.credits import service as credits
 from app.db import transaction
 from app.errors import CsrfFailed, NotAuthenticated
 
@@ -37,7 +38,10 @@ def optional_user(request: Request) -> CurrentUser | None:
         settings = get_app_settings(request)
         with transaction(settings) as session:
             user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
-            request.state.user = CurrentUser(user.id, user.email, user.balance) if user else None
+        if user is not None and settings.monthly_refill_credits and credits.apply_monthly_refill(settings, user.id):
+            with transaction(settings) as session:
+                user = session.get(type(user), user.id)
+        request.state.user = CurrentUser(user.id, user.email, user.balance) if user else None
     return request.state.user
 
 

@@ -60,7 +60,14 @@ def sign_up(session: Session, settings: Settings, email: str, password: str) -> 
     except IntegrityError:
         raise UserError("An account with this email already exists. Log in instead.", field="email") from None
     if settings.signup_grant_credits:
-        ledger.grant(session, user.id, settings.signup_grant_credits, key=f"signup:{user.id}", memo="Welcome credits")
+        ledger.grant(
+            session,
+            user.id,
+            settings.signup_grant_credits,
+            key=f"signup:{user.id}",
+            memo="Welcome credits",
+            reference="signup",
+        )
     return user
 
 

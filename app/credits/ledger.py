@@ -2,22 +2,26 @@
 
 Every entry carries a unique idempotency key, so applying the same event twice
 writes one row. The cached ``users.balance`` changes in the same transaction as
-its entry, and a hold is a conditional update (``balance >= price``), which is
-atomic on SQLite and PostgreSQL alike: a balance can never go negative and two
-concurrent holds can never spend the same credit.
+its entry. Debits are conditional (``balance >= amount``) or take at most the
+balance under a row lock, so a balance can never go negative and two concurrent
+debits can never spend the same credit, on SQLite and PostgreSQL alike.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from sqlalchemy import func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.accounts.models import User
-from app.credits.models import LedgerEntry  # noqa: F401  (re-exported for callers)
-from app.errors import InsufficientCredits
+from app.credits.models import LedgerEntry
+from app.errors import InsufficientCredits, UserError
 
-GRANT, HOLD, CAPTURE, RELEASE = "grant", "hold", "capture", "release"
+GRANT, PURCHASE, HOLD, CAPTURE, RELEASE = "grant", "purchase", "hold", "capture", "release"
+REFUND, CHARGEBACK, ADJUSTMENT = "refund", "chargeback", "adjustment"
+KINDS = (GRANT, PURCHASE, HOLD, CAPTURE, RELEASE, REFUND, CHARGEBACK, ADJUSTMENT)
 
 
 def balance(session: Session, user_id: int) -> int:
@@ -28,18 +32,42 @@ def ledger_sum(session: Session, user_id: int) -> int:
     return session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id))
 
 
-def _entry_exists(session: Session, key: str) -> bool:
+def has_entry(session: Session, key: str) -> bool:
     return session.scalar(select(LedgerEntry.id).where(LedgerEntry.idempotency_key == key)) is not None
 
 
-def _append(session: Session, *, user_id: int, kind: str, amount: int, key: str, job_id: str | None, memo: str) -> bool:
+def _lock_balance(session: Session, user_id: int) -> int:
+    """Read the balance with the account row locked (PostgreSQL: FOR UPDATE; SQLite's
+    BEGIN IMMEDIATE already holds the database's write lock)."""
+    return session.execute(select(User.balance).where(User.id == user_id).with_for_update()).scalar_one()
+
+
+def _append(
+    session: Session,
+    *,
+    user_id: int,
+    kind: str,
+    amount: int,
+    key: str,
+    memo: str,
+    reference: str = "",
+    job_id: str | None = None,
+) -> bool:
     """Write one entry unless its key exists; returns whether it was written."""
-    if _entry_exists(session, key):
+    if has_entry(session, key):
         return False
     try:
         with session.begin_nested():
             session.add(
-                LedgerEntry(user_id=user_id, kind=kind, amount=amount, idempotency_key=key, job_id=job_id, memo=memo)
+                LedgerEntry(
+                    user_id=user_id,
+                    kind=kind,
+                    amount=amount,
+                    idempotency_key=key,
+                    reference=reference,
+                    job_id=job_id,
+                    memo=memo[:255],
+                )
             )
             session.flush()
     except IntegrityError:
@@ -49,10 +77,26 @@ def _append(session: Session, *, user_id: int, kind: str, amount: int, key: str,
     return True
 
 
-def grant(session: Session, user_id: int, amount: int, *, key: str, memo: str) -> bool:
+def grant(session: Session, user_id: int, amount: int, *, key: str, memo: str, reference: str = "") -> bool:
+    """Free credits (signup, monthly refill, an admin's gift)."""
     if amount < 0:
         raise ValueError("a grant adds credits")
-    return _append(session, user_id=user_id, kind=GRANT, amount=amount, key=key, job_id=None, memo=memo)
+    return _append(session, user_id=user_id, kind=GRANT, amount=amount, key=key, memo=memo, reference=reference)
+
+
+def credit_purchase(session: Session, user_id: int, amount: int, *, purchase_id: str, memo: str) -> bool:
+    """Credits bought; the key is the purchase, so a purchase is credited once whatever calls this."""
+    if amount <= 0:
+        raise ValueError("a purchase adds credits")
+    return _append(
+        session,
+        user_id=user_id,
+        kind=PURCHASE,
+        amount=amount,
+        key=f"purchase:{purchase_id}",
+        memo=memo,
+        reference=f"purchase:{purchase_id}",
+    )
 
 
 def hold(session: Session, user_id: int, amount: int, *, job_id: str, memo: str) -> None:
@@ -69,7 +113,13 @@ def hold(session: Session, user_id: int, amount: int, *, job_id: str, memo: str)
         )
     session.add(
         LedgerEntry(
-            user_id=user_id, kind=HOLD, amount=-amount, idempotency_key=f"job:{job_id}:hold", job_id=job_id, memo=memo
+            user_id=user_id,
+            kind=HOLD,
+            amount=-amount,
+            idempotency_key=f"job:{job_id}:hold",
+            reference=f"job:{job_id}",
+            job_id=job_id,
+            memo=memo,
         )
     )
     session.flush()
@@ -83,8 +133,9 @@ def capture(session: Session, user_id: int, *, job_id: str) -> bool:
         kind=CAPTURE,
         amount=0,
         key=f"job:{job_id}:settle",
-        job_id=job_id,
         memo="Charge captured",
+        reference=f"job:{job_id}",
+        job_id=job_id,
     )
 
 
@@ -92,5 +143,67 @@ def release(session: Session, user_id: int, amount: int, *, job_id: str, memo: s
     """The job failed: give the held credits back. Shares capture's key, so a job
     is settled once, one way or the other."""
     return _append(
-        session, user_id=user_id, kind=RELEASE, amount=amount, key=f"job:{job_id}:settle", job_id=job_id, memo=memo
+        session,
+        user_id=user_id,
+        kind=RELEASE,
+        amount=amount,
+        key=f"job:{job_id}:settle",
+        memo=memo,
+        reference=f"job:{job_id}",
+        job_id=job_id,
     )
+
+
+def take_back(session: Session, user_id: int, wanted: int, *, kind: str, key: str, memo: str, reference: str) -> int:
+    """Debit up to ``wanted`` credits, never below zero; returns how many were taken.
+
+    For refunds and chargebacks of purchases: what the user already spent cannot be
+    taken back, and the caller records the shortfall.
+    """
+    if kind not in (REFUND, CHARGEBACK) or wanted < 0:
+        raise ValueError("take_back is for refunds and chargebacks")
+    if has_entry(session, key):
+        return 0
+    taken = min(wanted, _lock_balance(session, user_id))
+    _append(session, user_id=user_id, kind=kind, amount=-taken, key=key, memo=memo, reference=reference)
+    return taken
+
+
+def adjust(session: Session, user_id: int, delta: int, *, key: str, memo: str, reference: str) -> bool:
+    """An operator's correction, up or down; never below zero."""
+    if delta < 0 and _lock_balance(session, user_id) < -delta:
+        raise UserError(f"That would make the balance negative (it is {balance(session, user_id)}).")
+    return _append(session, user_id=user_id, kind=ADJUSTMENT, amount=delta, key=key, memo=memo, reference=reference)
+
+
+def top_up_to(session: Session, user_id: int, target: int, *, key: str, memo: str, reference: str) -> int:
+    """Grant what brings the balance up to ``target`` (nothing if it is already there),
+    once per key: a free monthly refill that does not accumulate."""
+    if has_entry(session, key):
+        return 0
+    missing = max(0, target - _lock_balance(session, user_id))
+    _append(session, user_id=user_id, kind=GRANT, amount=missing, key=key, memo=memo, reference=reference)
+    return missing
+
+
+@dataclass(frozen=True)
+class Mismatch:
+    user_id: int
+    email: str
+    cached: int
+    summed: int
+
+
+def audit(session: Session) -> list[Mismatch]:
+    """Every account whose cached balance differs from the sum of its entries (or is negative)."""
+    sums = (
+        select(LedgerEntry.user_id, func.sum(LedgerEntry.amount).label("total"))
+        .group_by(LedgerEntry.user_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(User.id, User.email, User.balance, func.coalesce(sums.c.total, 0))
+        .outerjoin(sums, sums.c.user_id == User.id)
+        .order_by(User.id)
+    ).all()
+    return [Mismatch(*row) for row in rows if row[2] != row[3] or row[2] < 0]

@@ -1,0 +1,108 @@
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Depends, Form, Request
+from fastapi.responses import JSONResponse, RedirectResponse
+
+from app.credits import pricing, service
+from app.credits import stripe as stripe_glue
+from app.db import transaction
+from app.errors import NotFound
+from app.web import CurrentUser, get_app_settings, optional_user, render, require_user, verify_csrf
+
+log = logging.getLogger(__name__)
+router = APIRouter(dependencies=[Depends(verify_csrf)])
+webhooks = APIRouter()  # signed by Stripe, not by a browser: no session, no CSRF
+
+PRICING_SIZES = (256, 512, 768, 1024)
+PRICING_STEPS = (10, 20, 30, 50)
+
+
+@router.get("/pricing")
+def pricing_page(request: Request, user: CurrentUser | None = Depends(optional_user)):
+    settings = get_app_settings(request)
+    table = [
+        (size, [pricing.price(settings, width=size, height=size, steps=s, n_images=1) for s in PRICING_STEPS])
+        for size in PRICING_SIZES
+    ]
+    return render(request, "credits/pricing.html", table=table, steps=PRICING_STEPS)
+
+
+@router.get("/billing")
+def billing_page(
+    request: Request,
+    page: int = 1,
+    paid: str | None = None,
+    canceled: bool = False,
+    user: CurrentUser = Depends(require_user),
+):
+    settings = get_app_settings(request)
+    with transaction(settings) as session:
+        hist = service.history(session, user.id, page)
+    just_paid = None
+    if paid:
+        try:
+            just_paid = service.get_purchase(settings, user.id, paid)
+        except NotFound:
+            just_paid = None
+    return render(request, "credits/billing.html", history=hist, just_paid=just_paid, canceled=canceled)
+
+
+@router.post("/billing/checkout")
+def checkout(request: Request, pack: str = Form(""), user: CurrentUser = Depends(require_user)):
+    settings = get_app_settings(request)
+    base_url = settings.base_url or str(request.base_url)
+    _purchase, url = service.start_purchase(settings, user.id, pack, base_url=base_url)
+    return RedirectResponse(url, status_code=303)
+
+
+@router.get("/billing/success")
+def checkout_success(request: Request, session_id: str = "", user: CurrentUser = Depends(require_user)):
+    """Stripe sends the buyer here; credit at once rather than wait for the webhook."""
+    settings = get_app_settings(request)
+    purchase = service.fulfil_checkout_session(settings, session_id) if session_id and settings.stripe_enabled else None
+    if purchase is None or purchase.user_id != user.id:
+        raise NotFound("No such purchase.")
+    return RedirectResponse(f"/billing?paid={purchase.id}", status_code=303)
+
+
+@router.get("/billing/test-checkout/{purchase_id}")
+def test_checkout_page(request: Request, purchase_id: str, user: CurrentUser = Depends(require_user)):
+    settings = get_app_settings(request)
+    if settings.stripe_enabled:
+        raise NotFound("The test checkout is off: this server takes real payments.")
+    purchase = service.get_purchase(settings, user.id, purchase_id)
+    return render(request, "credits/test_checkout.html", purchase=purchase, pack=settings.pack(purchase.pack_id))
+
+
+@router.post("/billing/test-checkout/{purchase_id}")
+def test_checkout_pay(request: Request, purchase_id: str, user: CurrentUser = Depends(require_user)):
+    purchase = service.complete_test_checkout(get_app_settings(request), user.id, purchase_id)
+    return RedirectResponse(f"/billing?paid={purchase.id}", status_code=303)
+
+
+@router.get("/billing/receipts/{purchase_id}")
+def receipt(request: Request, purchase_id: str, user: CurrentUser = Depends(require_user)):
+    settings = get_app_settings(request)
+    purchase = service.get_purchase(settings, user.id, purchase_id)
+    if purchase.status != "paid":
+        raise NotFound("This purchase has not been paid.")
+    return render(request, "credits/receipt.html", purchase=purchase, pack=settings.pack(purchase.pack_id))
+
+
+@webhooks.post("/billing/webhook", include_in_schema=False)
+async def stripe_webhook(request: Request):
+    settings = get_app_settings(request)
+    event = stripe_glue.verify(settings, await request.body(), request.headers.get("stripe-signature"))
+    try:
+        outcome = stripe_glue.handle(settings, event)
+    except service.PaymentMismatch as exc:
+        log.error("stripe event %s refused: %s", event.id, exc)
+        return JSONResponse({"error": "payment does not match the purchase"}, status_code=422)
+    except Exception:
+        # Stripe retries non-2xx answers with backoff: a transient failure heals itself.
+        log.exception("stripe event %s (%s) failed", event.id, event.type)
+        return JSONResponse({"error": "could not apply the event; retry later"}, status_code=500)
+    log.info("stripe event %s (%s): %s", event.id, event.type, outcome)
+    return {"received": True, "outcome": outcome}

@@ -1,0 +1,279 @@
+"""Buying credits, fulfilling purchases exactly once, clawing back refunds and
+disputes, the free monthly refill, and the billing history."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from app.config import Settings
+from app.credits import ledger
+from app.credits.models import CANCELED, PAID, PENDING, LedgerEntry, Purchase
+from app.db import transaction, utcnow
+from app.errors import NotFound, ServiceUnavailable, UserError
+
+log = logging.getLogger(__name__)
+
+TEST_PROVIDER, STRIPE_PROVIDER = "test", "stripe"
+
+
+class PaymentMismatch(Exception):
+    """Stripe says something that does not match our purchase row: never credit it."""
+
+
+# ---- buying -----------------------------------------------------------------------------
+
+
+def start_purchase(settings: Settings, user_id: int, pack_id: str, *, base_url: str) -> tuple[Purchase, str]:
+    """Create a pending purchase and where to send the browser to pay for it."""
+    pack = settings.pack(pack_id)
+    if pack is None:
+        raise UserError("That credit pack does not exist.", field="pack")
+    purchase = Purchase(
+        id=str(uuid.uuid4()),
+        user_id=user_id,
+        pack_id=pack.id,
+        credits=pack.credits,
+        amount=pack.amount,
+        currency=pack.currency,
+        provider=STRIPE_PROVIDER if settings.stripe_enabled else TEST_PROVIDER,
+        status=PENDING,
+    )
+    with transaction(settings) as session:
+        session.add(purchase)
+    if not settings.stripe_enabled:
+        return purchase, f"/billing/test-checkout/{purchase.id}"
+
+    from app.credits import stripe as stripe_glue
+
+    try:
+        checkout = stripe_glue.create_checkout_session(settings, purchase, pack.name, base_url=base_url.rstrip("/"))
+    except Exception as exc:
+        log.exception("could not create a Stripe Checkout Session for purchase %s", purchase.id)
+        with transaction(settings) as session:
+            session.get(Purchase, purchase.id).status = CANCELED
+        raise ServiceUnavailable("Payments are unavailable right now; you were not charged. Please try again.") from exc
+    with transaction(settings) as session:
+        session.get(Purchase, purchase.id).checkout_session_id = checkout["id"]
+    purchase.checkout_session_id = checkout["id"]
+    return purchase, checkout["url"]
+
+
+def _fulfil(settings: Settings, purchase_id: str, *, payment_intent_id: str | None) -> bool:
+    """Credit the purchase and mark it paid; does nothing the second time."""
+    with transaction(settings) as session:
+        purchase = session.execute(select(Purchase).where(Purchase.id == purchase_id).with_for_update()).scalar_one()
+        credited = ledger.credit_purchase(
+            session,
+            purchase.user_id,
+            purchase.credits,
+            purchase_id=purchase.id,
+            memo=f"Bought {purchase.credits} credits ({purchase.pack_id})",
+        )
+        if purchase.status != PAID:
+            purchase.status = PAID
+            purchase.paid_at = utcnow()
+        if payment_intent_id and not purchase.payment_intent_id:
+            purchase.payment_intent_id = payment_intent_id
+        return credited
+
+
+def fulfil_checkout_session(settings: Settings, session_id: str) -> Purchase | None:
+    """Re-read a Checkout Session from Stripe and credit its purchase if it is paid.
+
+    Called by the webhook and by the success redirect, in any order, any number
+    of times, concurrently: the ledger key makes the credit happen once. Returns
+    the purchase (paid or still pending), or None if the session is not ours.
+    """
+    from app.credits import stripe as stripe_glue
+
+    checkout = stripe_glue.retrieve_checkout_session(settings, session_id)
+    purchase_id = checkout.get("client_reference_id") or (checkout.get("metadata") or {}).get("purchase_id")
+    with transaction(settings) as session:
+        purchase = session.get(Purchase, purchase_id) if purchase_id else None
+    if purchase is None or purchase.provider != STRIPE_PROVIDER:
+        log.warning("checkout session %s is not one of our purchases", session_id)
+        return None
+    if purchase.checkout_session_id and purchase.checkout_session_id != checkout["id"]:
+        raise PaymentMismatch(f"session {checkout['id']} does not belong to purchase {purchase.id}")
+    if checkout.get("amount_total") != purchase.amount or (checkout.get("currency") or "").lower() != purchase.currency:
+        raise PaymentMismatch(
+            f"purchase {purchase.id}: Stripe says {checkout.get('amount_total')} {checkout.get('currency')}, "
+            f"we sold {purchase.amount} {purchase.currency}"
+        )
+    if checkout.get("payment_status") != "paid":
+        return purchase  # not paid (yet): async payment methods complete later
+    _fulfil(settings, purchase.id, payment_intent_id=checkout.get("payment_intent"))
+    with transaction(settings) as session:
+        return session.get(Purchase, purchase.id)
+
+
+def complete_test_checkout(settings: Settings, user_id: int, purchase_id: str) -> Purchase:
+    """The local test checkout (no Stripe keys): pay without money, through the same fulfilment."""
+    if settings.stripe_enabled:
+        raise NotFound("The test checkout is off: this server takes real payments.")
+    purchase = get_purchase(settings, user_id, purchase_id)
+    if purchase.provider != TEST_PROVIDER:
+        raise NotFound("No such test purchase.")
+    _fulfil(settings, purchase.id, payment_intent_id=f"test_{purchase.id}")
+    return get_purchase(settings, user_id, purchase_id)
+
+
+def get_purchase(settings: Settings, user_id: int, purchase_id: str) -> Purchase:
+    with transaction(settings) as session:
+        purchase = session.get(Purchase, purchase_id)
+    if purchase is None or purchase.user_id != user_id:
+        raise NotFound("No such purchase.")
+    return purchase
+
+
+# ---- refunds and disputes -------------------------------------------------------------------
+
+
+def _purchase_for_payment(settings: Settings, payment_intent_id: str) -> str | None:
+    with transaction(settings) as session:
+        found = session.scalar(select(Purchase.id).where(Purchase.payment_intent_id == payment_intent_id))
+    if found or not settings.stripe_enabled:
+        return found
+    # The refund can arrive before the checkout's completion event: ask Stripe which
+    # Checkout Session this payment belongs to, and fulfil it first.
+    from app.credits import stripe as stripe_glue
+
+    for checkout in stripe_glue.checkout_sessions_for_payment(settings, payment_intent_id):
+        purchase = fulfil_checkout_session(settings, checkout["id"])
+        if purchase is not None and purchase.status == PAID:
+            return purchase.id
+    return None
+
+
+def _take_back(
+    settings: Settings,
+    purchase_id: str,
+    *,
+    kind: str,
+    wanted_total: int | None,
+    wanted_more: int | None,
+    key: str,
+    memo: str,
+) -> int:
+    with transaction(settings) as session:
+        purchase = session.execute(select(Purchase).where(Purchase.id == purchase_id).with_for_update()).scalar_one()
+        accounted = purchase.refunded_credits + purchase.disputed_credits
+        if kind == ledger.REFUND:
+            delta = wanted_total - purchase.refunded_credits
+        else:
+            delta = wanted_more
+        delta = max(0, min(delta, purchase.credits - accounted))
+        if delta == 0 or ledger.has_entry(session, key):
+            return 0
+        taken = ledger.take_back(
+            session, purchase.user_id, delta, kind=kind, key=key, memo=memo, reference=f"purchase:{purchase.id}"
+        )
+        if kind == ledger.REFUND:
+            purchase.refunded_credits += delta
+        else:
+            purchase.disputed_credits += delta
+        purchase.credits_clawed_back += taken
+        if taken < delta:
+            purchase.clawback_shortfall += delta - taken
+            purchase.flagged = True
+            log.warning("purchase %s: %d credits already spent could not be taken back", purchase.id, delta - taken)
+        return taken
+
+
+def apply_refund(settings: Settings, payment_intent_id: str, *, amount_refunded: int) -> int | None:
+    """A charge was refunded (``amount_refunded`` is Stripe's running total): take back
+    the matching share of the credits. Returns credits taken, None if not ours."""
+    purchase_id = _purchase_for_payment(settings, payment_intent_id)
+    if purchase_id is None:
+        return None
+    with transaction(settings) as session:
+        purchase = session.get(Purchase, purchase_id)
+        target = min(purchase.credits, purchase.credits * amount_refunded // purchase.amount)
+    return _take_back(
+        settings,
+        purchase_id,
+        kind=ledger.REFUND,
+        wanted_total=target,
+        wanted_more=None,
+        key=f"refund:{purchase_id}:{target}",
+        memo="Purchase refunded",
+    )
+
+
+def apply_dispute(settings: Settings, payment_intent_id: str, *, dispute_id: str, amount: int) -> int | None:
+    """A charge was disputed: take back the disputed share of its credits, once per dispute."""
+    purchase_id = _purchase_for_payment(settings, payment_intent_id)
+    if purchase_id is None:
+        return None
+    with transaction(settings) as session:
+        purchase = session.get(Purchase, purchase_id)
+        wanted = min(purchase.credits, -(-purchase.credits * amount // purchase.amount))
+    return _take_back(
+        settings,
+        purchase_id,
+        kind=ledger.CHARGEBACK,
+        wanted_total=None,
+        wanted_more=wanted,
+        key=f"chargeback:{dispute_id}",
+        memo="Payment disputed",
+    )
+
+
+# ---- free credits ----------------------------------------------------------------------------
+
+
+def apply_monthly_refill(settings: Settings, user_id: int) -> int:
+    """Top the balance up to the monthly free amount, once per calendar month (UTC)."""
+    if not settings.monthly_refill_credits:
+        return 0
+    period = utcnow().strftime("%Y-%m")
+    key = f"refill:{user_id}:{period}"
+    with transaction(settings) as session:
+        if ledger.has_entry(session, key):
+            return 0
+        return ledger.top_up_to(
+            session,
+            user_id,
+            settings.monthly_refill_credits,
+            key=key,
+            memo=f"Monthly free credits ({period})",
+            reference=f"refill:{period}",
+        )
+
+
+# ---- history ---------------------------------------------------------------------------------
+
+HISTORY_PAGE = 25
+
+
+@dataclass(frozen=True)
+class History:
+    entries: list[LedgerEntry]
+    purchases: list[Purchase]
+    page: int
+    total: int
+
+    @property
+    def has_next(self) -> bool:
+        return self.page * HISTORY_PAGE < self.total
+
+
+def history(session: Session, user_id: int, page: int = 1) -> History:
+    page = max(1, page)
+    total = session.scalar(select(func.count()).select_from(LedgerEntry).where(LedgerEntry.user_id == user_id))
+    entries = session.scalars(
+        select(LedgerEntry)
+        .where(LedgerEntry.user_id == user_id)
+        .order_by(LedgerEntry.id.desc())
+        .limit(HISTORY_PAGE)
+        .offset((page - 1) * HISTORY_PAGE)
+    ).all()
+    purchases = session.scalars(
+        select(Purchase).where(Purchase.user_id == user_id, Purchase.status == PAID).order_by(Purchase.paid_at.desc())
+    ).all()
+    return History(entries=list(entries), purchases=list(purchases), page=page, total=total or 0)

@@ -1,0 +1,93 @@
+"""Stripe, through the official library: Checkout Sessions and signed webhooks.
+
+Only this module talks to Stripe. The webhook verifies the signature (endpoint
+secret, timestamp tolerance) and hands the event to the credits service, whose
+effects are idempotent, so a duplicate or out-of-order delivery changes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import stripe
+
+from app.config import Settings
+from app.credits import service
+from app.credits.models import Purchase
+from app.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def client(settings: Settings) -> stripe.StripeClient:
+    kwargs: dict[str, Any] = {"max_network_retries": 2}
+    if settings.stripe_api_base:
+        kwargs["base_addresses"] = {"api": settings.stripe_api_base}
+    return stripe.StripeClient(settings.stripe_secret_key, **kwargs)
+
+
+def create_checkout_session(settings: Settings, purchase: Purchase, pack_name: str, *, base_url: str):
+    return client(settings).v1.checkout.sessions.create(
+        {
+            "mode": "payment",
+            "client_reference_id": purchase.id,
+            "metadata": {"purchase_id": purchase.id, "user_id": str(purchase.user_id)},
+            "line_items": [
+                {
+                    "quantity": 1,
+                    "price_data": {
+                        "currency": purchase.currency,
+                        "unit_amount": purchase.amount,
+                        "product_data": {"name": f"Gouache credits — {pack_name} ({purchase.credits} credits)"},
+                    },
+                }
+            ],
+            "success_url": f"{base_url}/billing/success?session_id={{CHECKOUT_SESSION_ID}}",
+            "cancel_url": f"{base_url}/billing?canceled=1",
+        },
+        # A retried create (a network error, a double click on the same purchase)
+        # returns the same session instead of making a second one.
+        {"idempotency_key": f"gouache-purchase-{purchase.id}"},
+    )
+
+
+def retrieve_checkout_session(settings: Settings, session_id: str):
+    return client(settings).v1.checkout.sessions.retrieve(session_id)
+
+
+def checkout_sessions_for_payment(settings: Settings, payment_intent_id: str) -> list:
+    return list(client(settings).v1.checkout.sessions.list({"payment_intent": payment_intent_id}).data)
+
+
+class BadWebhook(UserError):
+    status_code = 400
+
+
+def verify(settings: Settings, payload: bytes, signature: str | None) -> stripe.Event:
+    if not settings.stripe_webhook_secret:
+        raise BadWebhook("Stripe webhooks are not configured on this server.")
+    try:
+        return stripe.Webhook.construct_event(
+            payload, signature, settings.stripe_webhook_secret, tolerance=settings.stripe_webhook_tolerance_s
+        )
+    except stripe.SignatureVerificationError:
+        raise BadWebhook("Bad or stale Stripe signature.") from None
+    except ValueError:
+        raise BadWebhook("The payload is not a Stripe event.") from None
+
+
+def handle(settings: Settings, event: stripe.Event) -> str:
+    """Apply one verified event; returns what happened (for the log and the reply)."""
+    obj = event.data.object
+    kind = event.type
+    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
+        purchase = service.fulfil_checkout_session(settings, obj["id"])
+        return f"purchase {purchase.status}" if purchase else "not ours"
+    if kind == "charge.refunded":
+        taken = service.apply_refund(settings, obj["payment_intent"], amount_refunded=obj["amount_refunded"])
+        return "not ours" if taken is None else f"took back {taken}"
+    if kind == "charge.dispute.created":
+        taken = service.apply_dispute(settings, obj["payment_intent"], dispute_id=obj["id"], amount=obj["amount"])
+        return "not ours" if taken is None else f"took back {taken}"
+    return "ignored"
