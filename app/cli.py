@@ -1,4 +1,4 @@
-"""The `gouache` command: dev, web, worker, db."""
+"""The `gouache` command: dev, web, worker, db, credits."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+import uuid
 
 import typer
 
@@ -14,6 +15,8 @@ from app.config import get_settings
 cli = typer.Typer(help="Gouache: a self-hostable image-generation studio.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
+credits_cli = typer.Typer(help="Credits: grant them, look up a balance, audit the ledger.", no_args_is_help=True)
+cli.add_typer(credits_cli, name="credits")
 
 
 def _worker_argv(queues: str | None, loglevel: str) -> list[str]:
@@ -42,6 +45,95 @@ def db_upgrade(revision: str = typer.Argument("head")) -> None:
     typer.echo("Database is up to date.")
 
 
+def _migrated_settings():
+    """The settings, after checking the database is migrated (exit 1 if not)."""
+    from app import migrate
+
+    settings = get_settings()
+    try:
+        migrate.check_current(settings)
+    except migrate.NotMigrated as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(1) from None
+    return settings
+
+
+def _user_id(session, email: str) -> int:
+    from sqlalchemy import select
+
+    from app.accounts.models import User
+
+    user_id = session.scalar(select(User.id).where(User.email == email.strip().lower()))
+    if user_id is None:
+        typer.secho(f"No account with the email {email.strip()!r}.", fg="red", err=True)
+        raise typer.Exit(1)
+    return user_id
+
+
+@credits_cli.command("grant")
+def credits_grant(
+    email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address."),
+    amount: int = typer.Argument(..., metavar="N", help="How many credits to give (at least 1)."),
+    reason: str = typer.Option(..., "--reason", help="Why, for the ledger (shown in the user's history)."),
+) -> None:
+    """Give an account N free credits, recorded in the ledger with the reason."""
+    from app.credits import ledger
+    from app.db import transaction
+
+    if amount <= 0:
+        typer.secho(f"N must be a positive number of credits (got {amount}).", fg="red", err=True)
+        raise typer.Exit(1)
+    reason = " ".join(reason.split())
+    if not reason:
+        typer.secho("Give a reason with --reason.", fg="red", err=True)
+        raise typer.Exit(1)
+    settings = _migrated_settings()
+    with transaction(settings) as session:
+        user_id = _user_id(session, email)
+        ledger.grant(
+            session,
+            user_id,
+            amount,
+            key=f"admin:{uuid.uuid4()}",
+            memo=f"Granted by an operator: {reason}",
+            reference=f"admin:{reason}"[:255],
+        )
+        balance = ledger.balance(session, user_id)
+    typer.echo(f"Granted {amount} credits to {email.strip().lower()}; the balance is now {balance}.")
+
+
+@credits_cli.command("balance")
+def credits_balance(email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address.")) -> None:
+    """Print an account's credit balance."""
+    from app.credits import ledger
+    from app.db import transaction
+
+    with transaction(_migrated_settings()) as session:
+        typer.echo(ledger.balance(session, _user_id(session, email)))
+
+
+@credits_cli.command("audit")
+def credits_audit() -> None:
+    """Recompute every balance from the ledger; exit 1 if any cached balance differs."""
+    from sqlalchemy import func, select
+
+    from app.accounts.models import User
+    from app.credits import ledger
+    from app.db import transaction
+
+    with transaction(_migrated_settings()) as session:
+        accounts = session.scalar(select(func.count()).select_from(User))
+        mismatches = ledger.audit(session)
+    if not mismatches:
+        typer.echo(f"OK: {accounts} accounts, all balances match the ledger")
+        return
+    for m in mismatches:
+        negative = " (negative)" if m.cached < 0 else ""
+        typer.echo(f"MISMATCH {m.email} (user {m.user_id}): cached balance {m.cached}{negative}, ledger sum {m.summed}")
+    typer.secho(f"{len(mismatches)} of {accounts} accounts do not match the ledger.", fg="red", err=True)
+    raise typer.Exit(1)
+
+
 @cli.command()
 def web(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the web app (no worker)."""
@@ -65,7 +157,9 @@ def worker(
 ) -> None:
     """Run one generation worker (one job at a time, model kept loaded)."""
     from workers.celery_app import app as celery_app
+    from workers.celery_app import ensure_data_dir
 
+    ensure_data_dir(get_settings())
     celery_app.worker_main(argv=_worker_argv(queues, loglevel))
 
 

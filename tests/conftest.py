@@ -213,3 +213,6 @@ def run_threads(n: int, target) -> list:
     for t in threads:
         t.join()
     return results
+
+
+from tests.pg import any_db_settings, pg_server, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)

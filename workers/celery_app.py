@@ -33,8 +33,20 @@ def _celery(broker_url: str, queue: str) -> Celery:
     return app
 
 
+def ensure_data_dir(settings: Settings) -> None:
+    """The embedded broker is a SQLite file in the data folder, and SQLite creates the
+    file but not its folder. The database engine makes that folder only when the
+    database is SQLite too, so with PostgreSQL and the embedded broker nothing else would.
+    (A broker configured elsewhere is the operator's folder to make.)"""
+    if settings.broker_url.startswith("sqla+sqlite:"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+
 def celery_for(settings: Settings) -> Celery:
+    """The Celery app for these settings, ready to send tasks."""
+    ensure_data_dir(settings)
     return _celery(settings.broker_url, settings.queue)
 
 
-app = celery_for(get_settings())
+_startup = get_settings()
+app = _celery(_startup.broker_url, _startup.queue)  # importing creates no folders

@@ -165,8 +165,10 @@ def take_back(session: Session, user_id: int, wanted: int, *, kind: str, key: st
     if has_entry(session, key):
         return 0
     taken = min(wanted, _lock_balance(session, user_id))
-    _append(session, user_id=user_id, kind=kind, amount=-taken, key=key, memo=memo, reference=reference)
-    return taken
+    # A concurrent call with the same key may have written it while this one waited
+    # for the lock (PostgreSQL): then nothing was taken here.
+    written = _append(session, user_id=user_id, kind=kind, amount=-taken, key=key, memo=memo, reference=reference)
+    return taken if written else 0
 
 
 def adjust(session: Session, user_id: int, delta: int, *, key: str, memo: str, reference: str) -> bool:
@@ -182,8 +184,8 @@ def top_up_to(session: Session, user_id: int, target: int, *, key: str, memo: st
     if has_entry(session, key):
         return 0
     missing = max(0, target - _lock_balance(session, user_id))
-    _append(session, user_id=user_id, kind=GRANT, amount=missing, key=key, memo=memo, reference=reference)
-    return missing
+    written = _append(session, user_id=user_id, kind=GRANT, amount=missing, key=key, memo=memo, reference=reference)
+    return missing if written else 0  # as in take_back: a concurrent call may have applied the key
 
 
 @dataclass(frozen=True)

@@ -2,13 +2,14 @@ from __future__ import annotations
 
 import logging
 
+import stripe
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from app.credits import pricing, service
 from app.credits import stripe as stripe_glue
 from app.db import transaction
-from app.errors import NotFound
+from app.errors import NotFound, ServiceUnavailable, UserError
 from app.web import CurrentUser, get_app_settings, optional_user, render, require_user, verify_csrf
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,24 @@ def checkout(request: Request, pack: str = Form(""), user: CurrentUser = Depends
 def checkout_success(request: Request, session_id: str = "", user: CurrentUser = Depends(require_user)):
     """Stripe sends the buyer here; credit at once rather than wait for the webhook."""
     settings = get_app_settings(request)
-    purchase = service.fulfil_checkout_session(settings, session_id) if session_id and settings.stripe_enabled else None
+    if not session_id or not settings.stripe_enabled:
+        raise NotFound("No such purchase.")
+    try:
+        purchase = service.fulfil_checkout_session(settings, session_id)
+    except stripe.InvalidRequestError as exc:  # a made-up or foreign session id
+        log.warning("success redirect for checkout session %s: %s", session_id, exc)
+        raise NotFound("No such purchase.") from None
+    except stripe.StripeError as exc:
+        log.warning("could not confirm checkout session %s: %s", session_id, exc)
+        raise ServiceUnavailable(
+            "We could not confirm your payment with Stripe just now. If you paid, your credits "
+            "will be added as soon as Stripe confirms it; reload this page to check."
+        ) from None
+    except service.PaymentMismatch as exc:
+        log.error("success redirect for checkout session %s refused: %s", session_id, exc)
+        raise UserError(
+            "This payment does not match the order, so it has not been credited. Please contact support."
+        ) from None
     if purchase is None or purchase.user_id != user.id:
         raise NotFound("No such purchase.")
     return RedirectResponse(f"/billing?paid={purchase.id}", status_code=303)

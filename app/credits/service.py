@@ -134,7 +134,11 @@ def get_purchase(settings: Settings, user_id: int, purchase_id: str) -> Purchase
 # ---- refunds and disputes -------------------------------------------------------------------
 
 
-def _purchase_for_payment(settings: Settings, payment_intent_id: str) -> str | None:
+def _purchase_for_payment(settings: Settings, payment_intent_id: str | None) -> str | None:
+    if not payment_intent_id:
+        # A charge made outside Checkout. (Never query "payment_intent_id == None": that is
+        # IS NULL, which matches every unpaid purchase.)
+        return None
     with transaction(settings) as session:
         found = session.scalar(select(Purchase.id).where(Purchase.payment_intent_id == payment_intent_id))
     if found or not settings.stripe_enabled:
@@ -185,7 +189,7 @@ def _take_back(
         return taken
 
 
-def apply_refund(settings: Settings, payment_intent_id: str, *, amount_refunded: int) -> int | None:
+def apply_refund(settings: Settings, payment_intent_id: str | None, *, amount_refunded: int) -> int | None:
     """A charge was refunded (``amount_refunded`` is Stripe's running total): take back
     the matching share of the credits. Returns credits taken, None if not ours."""
     purchase_id = _purchase_for_payment(settings, payment_intent_id)
@@ -205,7 +209,7 @@ def apply_refund(settings: Settings, payment_intent_id: str, *, amount_refunded:
     )
 
 
-def apply_dispute(settings: Settings, payment_intent_id: str, *, dispute_id: str, amount: int) -> int | None:
+def apply_dispute(settings: Settings, payment_intent_id: str | None, *, dispute_id: str, amount: int) -> int | None:
     """A charge was disputed: take back the disputed share of its credits, once per dispute."""
     purchase_id = _purchase_for_payment(settings, payment_intent_id)
     if purchase_id is None:

@@ -27,8 +27,12 @@ def client(settings: Settings) -> stripe.StripeClient:
     return stripe.StripeClient(settings.stripe_secret_key, **kwargs)
 
 
-def create_checkout_session(settings: Settings, purchase: Purchase, pack_name: str, *, base_url: str):
-    return client(settings).v1.checkout.sessions.create(
+# The service gets plain dicts: in current stripe-python (16 here) a StripeObject is not a
+# dict (no .get()), and the service must not depend on the library's object model.
+
+
+def create_checkout_session(settings: Settings, purchase: Purchase, pack_name: str, *, base_url: str) -> dict:
+    checkout = client(settings).v1.checkout.sessions.create(
         {
             "mode": "payment",
             "client_reference_id": purchase.id,
@@ -50,14 +54,16 @@ def create_checkout_session(settings: Settings, purchase: Purchase, pack_name: s
         # returns the same session instead of making a second one.
         {"idempotency_key": f"gouache-purchase-{purchase.id}"},
     )
+    return checkout.to_dict()
 
 
-def retrieve_checkout_session(settings: Settings, session_id: str):
-    return client(settings).v1.checkout.sessions.retrieve(session_id)
+def retrieve_checkout_session(settings: Settings, session_id: str) -> dict:
+    return client(settings).v1.checkout.sessions.retrieve(session_id).to_dict()
 
 
-def checkout_sessions_for_payment(settings: Settings, payment_intent_id: str) -> list:
-    return list(client(settings).v1.checkout.sessions.list({"payment_intent": payment_intent_id}).data)
+def checkout_sessions_for_payment(settings: Settings, payment_intent_id: str) -> list[dict]:
+    found = client(settings).v1.checkout.sessions.list({"payment_intent": payment_intent_id})
+    return [checkout.to_dict() for checkout in found.data]
 
 
 class BadWebhook(UserError):
@@ -79,7 +85,7 @@ def verify(settings: Settings, payload: bytes, signature: str | None) -> stripe.
 
 def handle(settings: Settings, event: stripe.Event) -> str:
     """Apply one verified event; returns what happened (for the log and the reply)."""
-    obj = event.data.object
+    obj = event.data.object.to_dict()
     kind = event.type
     if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
         purchase = service.fulfil_checkout_session(settings, obj["id"])

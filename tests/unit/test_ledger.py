@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule, run_state_machine_as_test
 from sqlalchemy import select
 
+from app.accounts.models import User
 from app.accounts.service import sign_up
 from app.credits import ledger
 from app.credits.models import LedgerEntry
@@ -222,21 +223,34 @@ def test_concurrent_holds_never_spend_the_same_credit(db_settings, user):
     assert sorted(e.job_id for e in holds) == sorted(succeeded)
 
 
+def machine_user(settings, email: str) -> int:
+    """An account with its welcome grant, as sign_up makes it, minus the deliberately slow
+    password hash (half the machine's time otherwise)."""
+    with transaction(settings) as session:
+        user = User(email=email, password_hash="!", balance=0)
+        session.add(user)
+        session.flush()
+        ledger.grant(session, user.id, settings.signup_grant_credits, key=f"signup:{user.id}", memo="Welcome credits")
+        return user.id
+
+
 class LedgerMachine(RuleBasedStateMachine):
-    """Random sequences of grants, holds, captures and releases for two users,
-    checked against a model of what each balance should be."""
+    """Random sequences of grants, holds, captures, releases, purchases, refunds and
+    chargebacks for two users, checked against a model of what each balance should be."""
 
     def __init__(self, settings):
         super().__init__()
         self.settings = settings
         self.run = uuid.uuid4().hex[:8]  # the database is shared by every example
-        self.users = [new_user(settings, f"machine-{self.run}-{i}@example.com") for i in range(2)]
+        self.users = [machine_user(settings, f"machine-{self.run}-{i}@example.com") for i in range(2)]
         self.expected = {u: settings.signup_grant_credits for u in self.users}
         self.grant_keys: set[str] = set()
         # job id -> (user id, amount held), in the order held: job ids are random, so
         # drawing by position must not depend on sorting them.
         self.jobs: dict[str, tuple[int, int]] = {}
         self.settled: dict[str, str] = {}  # job id -> "capture" | "release"
+        self.purchases: dict[str, tuple[int, int]] = {}  # purchase id -> (user id, credits)
+        self.clawback_keys: set[str] = set()
 
     @rule(who=st.integers(0, 1), amount=st.integers(0, 80), key=st.integers(0, 3))
     def grant(self, who, amount, key):
@@ -282,6 +296,45 @@ class LedgerMachine(RuleBasedStateMachine):
             self.settled[job_id] = "release"
             self.expected[user] += amount
 
+    @rule(who=st.integers(0, 1), credits=st.integers(1, 200), purchase=st.integers(0, 3))
+    def buy(self, who, credits, purchase):
+        purchase_id = f"{self.run}-{purchase}"  # a small id space: fulfilling a purchase again happens
+        user, credits = self.purchases.get(purchase_id, (self.users[who], credits))
+        with transaction(self.settings) as session:
+            credited = ledger.credit_purchase(session, user, credits, purchase_id=purchase_id, memo="machine purchase")
+        assert credited == (purchase_id not in self.purchases), "a purchase must be credited exactly once"
+        if credited:
+            self.purchases[purchase_id] = (user, credits)
+            self.expected[user] += credits
+
+    @rule(
+        who=st.integers(0, 1),
+        wanted=st.integers(0, 250),
+        kind=st.sampled_from((ledger.REFUND, ledger.CHARGEBACK)),
+        key=st.integers(0, 3),
+    )
+    def claw_back(self, who, wanted, kind, key):
+        user = self.users[who]
+        key = f"machine:{self.run}:{kind}:{key}"  # a repeated webhook reuses its key
+        have = self.expected[user]
+        with transaction(self.settings) as session:
+            taken = ledger.take_back(
+                session, user, wanted, kind=kind, key=key, memo="machine clawback", reference=f"machine:{self.run}"
+            )
+        if key in self.clawback_keys:
+            assert taken == 0, "a clawback was applied twice"
+            return
+        self.clawback_keys.add(key)
+        assert taken == min(wanted, have)
+        shortfall = wanted - taken  # what the caller records when the user already spent it
+        assert (shortfall > 0) == (wanted > have)
+        self.expected[user] -= taken
+
+    @invariant()
+    def the_audit_finds_nothing(self):
+        with transaction(self.settings) as session:
+            assert ledger.audit(session) == []
+
     @invariant()
     def balances_match_the_ledger_and_the_model(self):
         for user in self.users:
@@ -307,5 +360,5 @@ class LedgerMachine(RuleBasedStateMachine):
 def test_the_ledger_stays_consistent_under_any_sequence_of_operations(db_settings):
     run_state_machine_as_test(
         lambda: LedgerMachine(db_settings),
-        settings=hyp_settings(max_examples=25, stateful_step_count=15, deadline=None, database=None),
+        settings=hyp_settings(max_examples=25, stateful_step_count=25, deadline=None, database=None),
     )
