@@ -135,6 +135,93 @@ def credits_audit() -> None:
 
 
 @cli.command()
+def generate(
+    prompt: str = typer.Argument(..., help="What to draw."),
+    out: str = typer.Option(
+        "gouache.png", "--out", "-o", help="Where to write the PNG (several images: -1, -2 ... suffixes)."
+    ),
+    model: str = typer.Option(None, help="A hub id or local diffusers folder (default: the configured model)."),
+    negative: str = typer.Option("", "--negative", help="Negative prompt."),
+    steps: int = typer.Option(None, min=1, max=500, help="Sampling steps (default: the model's)."),
+    width: int = typer.Option(None, min=64, max=4096, help="Width in pixels, a multiple of 8."),
+    height: int = typer.Option(None, min=64, max=4096, help="Height in pixels, a multiple of 8."),
+    guidance: float = typer.Option(7.5, min=0, max=30),
+    seed: int = typer.Option(None, min=0, max=2**32 - 1, help="Random when omitted; printed either way."),
+    n: int = typer.Option(1, "--n", min=1, max=9, help="How many images."),
+) -> None:
+    """Generate images from the command line, without the web app or a worker."""
+    import secrets
+    import time
+    from pathlib import Path
+
+    from workers import pipelines
+
+    settings = get_settings()
+    width = width or settings.model_default_size
+    height = height or settings.model_default_size
+    if width % 8 or height % 8:
+        typer.secho("Width and height must be multiples of 8.", fg="red", err=True)
+        raise typer.Exit(2)
+    seed = secrets.randbelow(2**32) if seed is None else seed
+    started = time.perf_counter()
+    pipe = pipelines.load(settings, model or settings.model)
+    loaded = time.perf_counter()
+    images = pipelines.sample(
+        pipe,
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps or settings.model_default_steps,
+        guidance=guidance,
+        seed=seed,
+        n_images=n,
+    )
+    target = Path(out)
+    for i, (image, image_seed) in enumerate(images):
+        path = target if n == 1 else target.with_name(f"{target.stem}-{i + 1}{target.suffix or '.png'}")
+        image.save(path)
+        typer.echo(f"{path}  seed {image_seed}  {image.width}×{image.height}")
+    typer.echo(f"loaded in {loaded - started:.1f} s, sampled in {time.perf_counter() - loaded:.1f} s")
+
+
+@cli.command("train-demo")
+def train_demo(
+    out: str = typer.Option("var/train-demo", help="Working folder: checkpoints/ and the finished model/."),
+    seed: int = typer.Option(0, help="Everything (data, initial weights, noise) follows from this seed."),
+    size: int = typer.Option(256, help="Native image size (a multiple of 64)."),
+    vae_steps: int = typer.Option(1200, min=1),
+    unet_steps: int = typer.Option(2000, min=1),
+    n_scenes: int = typer.Option(6000, min=1, help="Training scenes for the UNet (latents computed once)."),
+    unet_batch: int = typer.Option(32, min=1),
+    vae_batch: int = typer.Option(8, min=1),
+) -> None:
+    """Train the demo model on drawn scenes; run it again to resume after an interruption."""
+    import logging
+    from pathlib import Path
+
+    from workers.demo.train import TrainConfig, train
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if size % 64:
+        typer.secho("--size must be a multiple of 64.", fg="red", err=True)
+        raise typer.Exit(2)
+    cfg = TrainConfig(
+        out=Path(out),
+        seed=seed,
+        size=size,
+        vae_steps=vae_steps,
+        unet_steps=unet_steps,
+        n_scenes=n_scenes,
+        unet_batch=unet_batch,
+        vae_batch=vae_batch,
+        vae_crop=min(128, size),
+    )
+    path = train(cfg)
+    typer.echo(f"Model written to {path}. Use it with GOUACHE_MODEL={path.resolve()}")
+
+
+@cli.command()
 def web(host: str = "127.0.0.1", port: int = 8000) -> None:
     """Serve the web app (no worker)."""
     import uvicorn

@@ -10,7 +10,7 @@ from __future__ import annotations
 import fcntl
 import logging
 import threading
-from pathlib import Path
+from collections.abc import Callable
 
 import torch
 
@@ -69,5 +69,39 @@ def load(settings: Settings, ref: str):
         return pipe
 
 
-def is_local_folder(ref: str) -> bool:
-    return Path(ref).is_dir()
+def sample(
+    pipe,
+    *,
+    prompt: str,
+    negative_prompt: str = "",
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    seed: int,
+    n_images: int = 1,
+    on_step: Callable[[int], None] | None = None,
+) -> list[tuple[object, int]]:
+    """Run a text-to-image pipeline; image i uses seed ``seed + i`` (so any one image
+    can be made again alone). Returns ``[(PIL image, seed), ...]``."""
+    seeds = [(seed + i) % 2**32 for i in range(n_images)]
+    # CPU generators: the same seed gives the same image on any device.
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+
+    def on_step_end(_pipe, step, _timestep, callback_kwargs):
+        if on_step is not None:
+            on_step(step + 1)
+        return callback_kwargs
+
+    result = pipe(
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        width=width,
+        height=height,
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        num_images_per_prompt=n_images,
+        generator=generators,
+        callback_on_step_end=on_step_end,
+    )
+    return list(zip(result.images, seeds, strict=True))

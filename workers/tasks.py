@@ -9,7 +9,6 @@ from __future__ import annotations
 import io
 import logging
 
-import torch
 from celery.signals import worker_process_init
 
 from app.config import get_settings
@@ -64,28 +63,18 @@ def generate(job_id: str) -> None:
 
 
 def run(settings, job):
-    """Sample ``job.n_images`` images; image i uses seed ``job.seed + i``."""
+    """Sample ``job.n_images`` images for the job, reporting progress per step."""
     pipe = pipelines.load(settings, job.model)
-    device = pipe.device.type if hasattr(pipe, "device") else "cpu"
-    seeds = [(job.seed + i) % 2**32 for i in range(job.n_images)]
-    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-
-    def on_step_end(_pipe, step, _timestep, callback_kwargs):
-        service.report_progress(settings, job.id, step + 1)
-        return callback_kwargs
-
-    log.info(
-        "job %s: %d×%d, %d steps, %d image(s) on %s", job.id, job.width, job.height, job.steps, job.n_images, device
-    )
-    result = pipe(
+    log.info("job %s: %d×%d, %d steps, %d image(s)", job.id, job.width, job.height, job.steps, job.n_images)
+    return pipelines.sample(
+        pipe,
         prompt=job.prompt,
-        negative_prompt=job.negative_prompt or None,
+        negative_prompt=job.negative_prompt,
         width=job.width,
         height=job.height,
-        num_inference_steps=job.steps,
-        guidance_scale=job.guidance,
-        num_images_per_prompt=job.n_images,
-        generator=generators,
-        callback_on_step_end=on_step_end,
+        steps=job.steps,
+        guidance=job.guidance,
+        seed=job.seed,
+        n_images=job.n_images,
+        on_step=lambda step: service.report_progress(settings, job.id, step),
     )
-    return list(zip(result.images, seeds, strict=True))

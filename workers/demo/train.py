@@ -1,0 +1,354 @@
+"""Train Gouache's demo text-to-image model from procedurally drawn scenes.
+
+Stages, in the order they run, each resumable from its checkpoint:
+
+1. ``build_tokenizer``  a CLIPTokenizer whose vocabulary is the caption grammar's words
+2. ``train_vae``        an AutoencoderKL (8× down) that reconstructs the flat-colour scenes
+3. ``encode_scenes``    render the training set once and store its latents
+4. ``train_unet``       a UNet2DConditionModel and a small CLIPTextModel, trained together
+5. ``export``           a standard diffusers folder, loadable by ``from_pretrained``
+
+Everything comes from a seed; nothing is downloaded. A run interrupted at any
+point continues from the last checkpoint when started again with the same
+output folder.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    out: Path
+    seed: int = 0
+    size: int = 256  # native image size; latents are size/8
+    vae_steps: int = 1200
+    vae_batch: int = 8
+    vae_crop: int = 128  # the VAE is convolutional: train it on crops, use it at any size
+    vae_lr: float = 1e-3
+    n_scenes: int = 6000  # the UNet's training set (latents computed once)
+    unet_steps: int = 2000
+    unet_batch: int = 32
+    unet_lr: float = 6e-4
+    caption_dropout: float = 0.1  # trains the unconditional branch for classifier-free guidance
+    unet_channels: tuple[int, ...] = (32, 64, 128)
+    text_hidden: int = 128
+    text_layers: int = 3
+    checkpoint_every: int = 100
+    threads: int = 0  # 0: torch's default
+    on_progress: Callable[[str, int, int, float], None] | None = field(default=None, repr=False)
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def model_dir(self) -> Path:
+        return self.out / "model"
+
+
+# ---- 1. tokenizer ---------------------------------------------------------------------------
+
+
+def build_tokenizer(cfg: TrainConfig):
+    """A CLIP BPE tokenizer whose merges spell out exactly the grammar's words, so each
+    word is one token (a 12-word caption fits in 32 positions); anything else falls
+    back to single characters, so no prompt fails to tokenize."""
+    import string
+
+    from transformers import CLIPTokenizer
+
+    from workers.demo import scenes
+
+    folder = cfg.checkpoints / "tokenizer-src"
+    folder.mkdir(parents=True, exist_ok=True)
+    chars = string.ascii_lowercase + string.digits + ",.-'"
+    tokens = ["<|startoftext|>", "<|endoftext|>", *chars, *(f"{c}</w>" for c in chars)]
+    merges: list[tuple[str, str]] = []
+    # Longest words first: a short word's merges must not break a longer word apart.
+    words = sorted(scenes.vocabulary_words(), key=lambda w: (-len(w), w))
+    for word in words:
+        pieces = [*word[:-1], word[-1] + "</w>"]
+        built = pieces[0]
+        for piece in pieces[1:]:
+            merges.append((built, piece))
+            built += piece
+            tokens.append(built)
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    lines = ["#version: 0.2", *(f"{a} {b}" for a, b in dict.fromkeys(merges))]
+    (folder / "merges.txt").write_text("\n".join(lines) + "\n")
+    tokenizer = CLIPTokenizer(str(folder / "vocab.json"), str(folder / "merges.txt"), model_max_length=32)
+    split = [w for w in words if len(tokenizer(w, add_special_tokens=False).input_ids) != 1]
+    if split:
+        raise RuntimeError(f"the tokenizer splits grammar words: {split}")
+    return tokenizer
+
+
+# ---- models -----------------------------------------------------------------------------------
+
+
+def make_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        block_out_channels=[32, 64, 64, 64],
+        layers_per_block=1,
+        latent_channels=4,
+        norm_num_groups=16,
+    )
+
+
+def make_unet(cfg: TrainConfig):
+    from diffusers import UNet2DConditionModel
+
+    c = cfg.unet_channels
+    # Cross-attention only at the two lowest resolutions: the prompt decides colours and
+    # shapes, which the coarse levels carry; full-resolution attention is 5× slower on CPU.
+    return UNet2DConditionModel(
+        sample_size=cfg.size // 8,
+        in_channels=4,
+        out_channels=4,
+        block_out_channels=c,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D",) + ("CrossAttnDownBlock2D",) * (len(c) - 1),
+        up_block_types=("CrossAttnUpBlock2D",) * (len(c) - 1) + ("UpBlock2D",),
+        cross_attention_dim=cfg.text_hidden,
+        attention_head_dim=8,
+        norm_num_groups=16,
+    )
+
+
+def make_text_encoder(cfg: TrainConfig, vocab_size: int):
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            vocab_size=vocab_size,
+            hidden_size=cfg.text_hidden,
+            intermediate_size=cfg.text_hidden * 2,
+            num_hidden_layers=cfg.text_layers,
+            num_attention_heads=4,
+            max_position_embeddings=32,
+            bos_token_id=0,
+            eos_token_id=1,
+            pad_token_id=1,
+        )
+    )
+
+
+# ---- checkpoints ---------------------------------------------------------------------------------
+
+
+def _save(path: Path, state: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)  # atomic: an interrupted save never leaves a broken checkpoint
+
+
+def _load(path: Path) -> dict | None:
+    return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+
+
+def _report(cfg: TrainConfig, stage: str, step: int, total: int, loss: float) -> None:
+    if cfg.on_progress:
+        cfg.on_progress(stage, step, total, loss)
+    elif step % 50 == 0 or step == total:
+        log.info("%s step %d/%d loss %.4f", stage, step, total, loss)
+
+
+# ---- 2. VAE -------------------------------------------------------------------------------------
+
+
+def _scene_batch(rng: random.Random, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
+    import numpy as np
+
+    from workers.demo import scenes
+
+    images, captions = [], []
+    for _ in range(n):
+        scene = scenes.sample_scene(rng)
+        image = scenes.render(scene, size=size, rng=rng)
+        images.append(np.asarray(image, dtype=np.float32))
+        captions.append(scene.caption())
+    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    return batch, captions
+
+
+def train_vae(cfg: TrainConfig):
+    path = cfg.checkpoints / "vae.pt"
+    vae = make_vae()
+    opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
+    state = _load(path) or {"step": 0}
+    if "model" in state:
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+    rng = random.Random(cfg.seed * 1000 + 1 + state["step"])
+    torch.manual_seed(cfg.seed * 1000 + 1 + state["step"])
+    vae.train()
+    for step in range(state["step"] + 1, cfg.vae_steps + 1):
+        images, _ = _scene_batch(rng, cfg.vae_batch, cfg.size)
+        if cfg.vae_crop < cfg.size:
+            x0, y0 = rng.randrange(0, cfg.size - cfg.vae_crop + 1, 8), rng.randrange(0, cfg.size - cfg.vae_crop + 1, 8)
+            images = images[:, :, y0 : y0 + cfg.vae_crop, x0 : x0 + cfg.vae_crop]
+        posterior = vae.encode(images).latent_dist
+        recon = vae.decode(posterior.sample()).sample
+        # L1 keeps flat colours and sharp edges; the KL term only keeps latents tame.
+        loss = F.l1_loss(recon, images) + 1e-6 * posterior.kl().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        _report(cfg, "vae", step, cfg.vae_steps, loss.item())
+        if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
+            _save(path, {"step": step, "model": vae.state_dict(), "opt": opt.state_dict()})
+    vae.eval()
+    return vae
+
+
+# ---- 3. latents -----------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def encode_scenes(cfg: TrainConfig, vae) -> dict:
+    path = cfg.checkpoints / "latents.pt"
+    cached = _load(path)
+    if cached is not None and cached["n"] == cfg.n_scenes and cached["size"] == cfg.size:
+        return cached
+    rng = random.Random(cfg.seed * 1000 + 2)
+    latents, captions = [], []
+    for start in range(0, cfg.n_scenes, 32):
+        images, caps = _scene_batch(rng, min(32, cfg.n_scenes - start), cfg.size)
+        latents.append(vae.encode(images).latent_dist.mean)
+        captions += caps
+    stacked = torch.cat(latents)
+    # Stable Diffusion's convention: scale latents to unit variance for the UNet.
+    scaling = float(1.0 / stacked.std())
+    data = {"n": cfg.n_scenes, "size": cfg.size, "latents": stacked * scaling, "captions": captions, "scaling": scaling}
+    _save(path, data)
+    return data
+
+
+# ---- 4. UNet + text encoder --------------------------------------------------------------------------
+
+
+def train_unet(cfg: TrainConfig, tokenizer, data: dict):
+    from diffusers import DDPMScheduler
+
+    path = cfg.checkpoints / "unet.pt"
+    torch.manual_seed(cfg.seed * 1000 + 3)
+    unet = make_unet(cfg)
+    text_encoder = make_text_encoder(cfg, len(tokenizer.get_vocab()))
+    params = list(unet.parameters()) + list(text_encoder.parameters())
+    opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
+    state = _load(path) or {"step": 0}
+    if "unet" in state:
+        unet.load_state_dict(state["unet"])
+        text_encoder.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+    noise_scheduler = DDPMScheduler(
+        num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear"
+    )
+    latents, captions = data["latents"], data["captions"]
+    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 4 + state["step"])
+    rng = random.Random(cfg.seed * 1000 + 5 + state["step"])
+    unet.train()
+    text_encoder.train()
+    for step in range(state["step"] + 1, cfg.unet_steps + 1):
+        # Cosine decay to 10% over the run; a resumed run picks up the same schedule.
+        for group in opt.param_groups:
+            group["lr"] = cfg.unet_lr * (
+                0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(step / cfg.unet_steps * 3.14159))).item()
+            )
+        idx = torch.randint(0, len(captions), (cfg.unet_batch,), generator=gen)
+        x0 = latents[idx]
+        prompts = ["" if rng.random() < cfg.caption_dropout else captions[i] for i in idx.tolist()]
+        tokens = tokenizer(
+            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        ).input_ids
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
+        noisy = noise_scheduler.add_noise(x0, noise, t)
+        context = text_encoder(tokens)[0]
+        pred = unet(noisy, t, encoder_hidden_states=context).sample
+        loss = F.mse_loss(pred, noise)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        _report(cfg, "unet", step, cfg.unet_steps, loss.item())
+        if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
+            _save(
+                path,
+                {
+                    "step": step,
+                    "unet": unet.state_dict(),
+                    "text_encoder": text_encoder.state_dict(),
+                    "opt": opt.state_dict(),
+                },
+            )
+    unet.eval()
+    text_encoder.eval()
+    return unet, text_encoder
+
+
+# ---- 5. export ------------------------------------------------------------------------------------------
+
+
+def export(cfg: TrainConfig, tokenizer, vae, unet, text_encoder, scaling: float) -> Path:
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+
+    vae.register_to_config(scaling_factor=scaling)
+    scheduler = EulerDiscreteScheduler(
+        num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        steps_offset=1,
+        timestep_spacing="trailing",
+    )
+    pipe = StableDiffusionPipeline(
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    cfg.model_dir.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(cfg.model_dir, safe_serialization=True)
+    recipe = {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items() if k != "on_progress"}
+    (cfg.model_dir / "training.json").write_text(json.dumps(recipe, indent=2))
+    return cfg.model_dir
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Run (or resume) every stage and write the diffusers folder; returns its path."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    cfg.checkpoints.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tokenizer = build_tokenizer(cfg)
+    vae = train_vae(cfg)
+    data = encode_scenes(cfg, vae)
+    unet, text_encoder = train_unet(cfg, tokenizer, data)
+    path = export(cfg, tokenizer, vae, unet, text_encoder, data["scaling"])
+    log.info("trained in %.0f s; model in %s", time.perf_counter() - started, path)
+    return path
