@@ -190,11 +190,11 @@ def train_demo(
     out: str = typer.Option("var/train-demo", help="Working folder: checkpoints/ and the finished model/."),
     seed: int = typer.Option(0, help="Everything (data, initial weights, noise) follows from this seed."),
     size: int = typer.Option(256, help="Native image size (a multiple of 64)."),
-    vae_steps: int = typer.Option(1200, min=1),
+    vae_steps: int = typer.Option(1500, min=1),
     unet_steps: int = typer.Option(2000, min=1),
     n_scenes: int = typer.Option(6000, min=1, help="Training scenes for the UNet (latents computed once)."),
     unet_batch: int = typer.Option(32, min=1),
-    vae_batch: int = typer.Option(8, min=1),
+    vae_batch: int = typer.Option(16, min=1),
 ) -> None:
     """Train the demo model on drawn scenes; run it again to resume after an interruption."""
     import logging
@@ -215,7 +215,7 @@ def train_demo(
         n_scenes=n_scenes,
         unet_batch=unet_batch,
         vae_batch=vae_batch,
-        vae_crop=min(128, size),
+        vae_crop=min(64, size),
     )
     path = train(cfg)
     typer.echo(f"Model written to {path}. Use it with GOUACHE_MODEL={path.resolve()}")
