@@ -18,6 +18,7 @@ RUN pip install -e .
 COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
+COPY models ./models
 COPY --from=assets /src/node_modules/htmx.org/dist/htmx.min.js ./static/vendor/htmx.min.js
 RUN useradd --create-home gouache && mkdir -p /data && chown gouache /data
 USER gouache

@@ -143,9 +143,10 @@ def generate(
     model: str = typer.Option(None, help="A hub id or local diffusers folder (default: the configured model)."),
     negative: str = typer.Option("", "--negative", help="Negative prompt."),
     steps: int = typer.Option(None, min=1, max=500, help="Sampling steps (default: the model's)."),
-    width: int = typer.Option(None, min=64, max=4096, help="Width in pixels, a multiple of 8."),
-    height: int = typer.Option(None, min=64, max=4096, help="Height in pixels, a multiple of 8."),
-    guidance: float = typer.Option(7.5, min=0, max=30),
+    width: int = typer.Option(None, min=64, max=4096, help="Width in pixels (the model's size multiple)."),
+    height: int = typer.Option(None, min=64, max=4096, help="Height in pixels (the model's size multiple)."),
+    guidance: float = typer.Option(None, min=0, max=30, help="Guidance scale (default: the model's)."),
+    sampler: str = typer.Option("euler", help="euler, euler_a, dpmpp_2m_karras, ddim or unipc."),
     seed: int = typer.Option(None, min=0, max=2**32 - 1, help="Random when omitted; printed either way."),
     n: int = typer.Option(1, "--n", min=1, max=9, help="How many images."),
 ) -> None:
@@ -154,33 +155,56 @@ def generate(
     import time
     from pathlib import Path
 
+    from app.errors import UserError
+    from app.generation import metadata
+    from app.generation.schemas import SAMPLERS, parse_sampler
     from workers import pipelines
 
     settings = get_settings()
     width = width or settings.model_default_size
     height = height or settings.model_default_size
-    if width % 8 or height % 8:
-        typer.secho("Width and height must be multiples of 8.", fg="red", err=True)
-        raise typer.Exit(2)
+    guidance = settings.model_default_guidance if guidance is None else guidance
+    steps = steps or settings.model_default_steps
+    try:
+        sampler = parse_sampler(sampler)
+    except UserError as e:
+        typer.secho(str(e), fg="red", err=True)
+        raise typer.Exit(2) from None
     seed = secrets.randbelow(2**32) if seed is None else seed
     started = time.perf_counter()
     pipe = pipelines.load(settings, model or settings.model)
     loaded = time.perf_counter()
+    multiple = pipelines.size_multiple(pipe)
+    if width % multiple or height % multiple:
+        typer.secho(f"Width and height must be multiples of {multiple} for this model.", fg="red", err=True)
+        raise typer.Exit(2)
     images = pipelines.sample(
         pipe,
         prompt=prompt,
         negative_prompt=negative,
         width=width,
         height=height,
-        steps=steps or settings.model_default_steps,
+        steps=steps,
         guidance=guidance,
         seed=seed,
         n_images=n,
+        sampler=sampler,
     )
     target = Path(out)
     for i, (image, image_seed) in enumerate(images):
         path = target if n == 1 else target.with_name(f"{target.stem}-{i + 1}{target.suffix or '.png'}")
-        image.save(path)
+        params = metadata.Parameters(
+            prompt=prompt,
+            negative_prompt=negative,
+            steps=steps,
+            sampler=SAMPLERS[sampler],
+            guidance=guidance,
+            seed=image_seed,
+            width=image.width,
+            height=image.height,
+            model=model or settings.model_name,
+        )
+        path.write_bytes(metadata.png_bytes(image, params))
         typer.echo(f"{path}  seed {image_seed}  {image.width}×{image.height}")
     typer.echo(f"loaded in {loaded - started:.1f} s, sampled in {time.perf_counter() - loaded:.1f} s")
 
@@ -191,7 +215,7 @@ def train_demo(
     seed: int = typer.Option(0, help="Everything (data, initial weights, noise) follows from this seed."),
     size: int = typer.Option(256, help="Native image size (a multiple of 64)."),
     vae_steps: int = typer.Option(1500, min=1),
-    unet_steps: int = typer.Option(2000, min=1),
+    unet_steps: int = typer.Option(3000, min=1),
     n_scenes: int = typer.Option(6000, min=1, help="Training scenes for the UNet (latents computed once)."),
     unet_batch: int = typer.Option(32, min=1),
     vae_batch: int = typer.Option(16, min=1),

@@ -15,10 +15,20 @@ from typing import Literal
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# The model that is built from configs on first start when no real model is named.
+# The demo model trained by `gouache train-demo` and committed under models/: the default.
+BUILTIN_DEMO_MODEL = "builtin:demo"
+# An untrained pipeline built from configs on first use (for tests and debugging).
 BUILTIN_TINY_MODEL = "builtin:tiny-random"
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+DEMO_MODEL_DIR = REPO_ROOT / "models" / "gouache-demo"
+DEMO_GUIDANCE = 5.0  # the guidance scale the demo model's bench scores best at
+DEMO_EXAMPLE_PROMPTS = (
+    "a red circle on a blue background",
+    "two yellow stars on a black background",
+    "a green triangle in the top left on a white background",
+    "three pink squares on a purple background",
+)
 
 
 class CreditPack(BaseModel):
@@ -83,15 +93,23 @@ class Settings(BaseSettings):
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1)
 
     # The model (a hub id, a local diffusers folder, or the built-in test model)
-    model: str = BUILTIN_TINY_MODEL
+    model: str = BUILTIN_DEMO_MODEL
     model_name: str = ""
     model_default_size: int = Field(default=0, ge=0)
     model_max_size: int = Field(default=0, ge=0)
     model_default_steps: int = Field(default=0, ge=0)
     model_max_steps: int = Field(default=100, ge=1)
+    model_default_guidance: float = Field(default=0, ge=0, le=30)  # 0: 7.5 (the demo model: DEMO_GUIDANCE)
+    # Width and height must be multiples of this (the VAE's downscale: 8 for Stable Diffusion).
+    model_size_multiple: int = Field(default=8, ge=8)
     model_price_multiplier: float = Field(default=1.0, gt=0)
     max_images_per_job: int = Field(default=4, ge=1, le=9)
     max_prompt_chars: int = Field(default=1000, ge=1)
+    # Image modes: uploads (checked before anything is charged) and upscale output
+    max_upload_bytes: int = Field(default=10 * 1024 * 1024, ge=1024)
+    max_upload_pixels: int = Field(default=16 * 1024 * 1024, ge=64 * 64)
+    max_upscale_side: int = Field(default=2048, ge=64)
+    preview_every: int = Field(default=4, ge=0)  # a live preview every N steps (0: none)
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
 
     queue: str = "generate"
@@ -110,18 +128,27 @@ class Settings(BaseSettings):
         if self.storage_dir is None:
             self.storage_dir = self.data_dir / "objects"
         builtin = self.model == BUILTIN_TINY_MODEL
+        demo = self.model == BUILTIN_DEMO_MODEL
         if not self.model_name:
-            self.model_name = "Tiny random test model (untrained)" if builtin else self.model
+            if demo:
+                self.model_name = "Gouache demo (shapes and colours)"
+            else:
+                self.model_name = "Tiny random test model (untrained)" if builtin else self.model
         if not self.model_default_size:
-            self.model_default_size = 128 if builtin else 512
+            self.model_default_size = 256 if demo else 128 if builtin else 512
         if not self.model_max_size:
-            self.model_max_size = 256 if builtin else max(768, self.model_default_size)
+            self.model_max_size = 512 if demo else 256 if builtin else max(768, self.model_default_size)
+        if not self.model_default_guidance:
+            self.model_default_guidance = DEMO_GUIDANCE if demo else 7.5
         if not self.model_default_steps:
-            self.model_default_steps = 20 if builtin else 30
+            self.model_default_steps = 20 if (builtin or demo) else 30
+        multiple = self.model_size_multiple
         for name in ("model_default_size", "model_max_size"):
             value = getattr(self, name)
-            if value < 64 or value % 8:
-                raise ValueError(f"GOUACHE_{name.upper()} must be a multiple of 8 and at least 64 (got {value})")
+            if value < 64 or value % multiple:
+                raise ValueError(
+                    f"GOUACHE_{name.upper()} must be a multiple of {multiple} and at least 64 (got {value})"
+                )
         if self.model_default_size > self.model_max_size:
             raise ValueError(
                 f"GOUACHE_MODEL_DEFAULT_SIZE ({self.model_default_size}) is larger than "
@@ -141,6 +168,14 @@ class Settings(BaseSettings):
     @property
     def model_is_untrained(self) -> bool:
         return self.model == BUILTIN_TINY_MODEL
+
+    @property
+    def model_is_demo(self) -> bool:
+        return self.model == BUILTIN_DEMO_MODEL
+
+    @property
+    def example_prompts(self) -> tuple[str, ...]:
+        return DEMO_EXAMPLE_PROMPTS if self.model_is_demo else ()
 
     @property
     def builtin_model_dir(self) -> Path:

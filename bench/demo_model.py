@@ -55,8 +55,12 @@ def main() -> None:
         generator = torch.Generator().manual_seed(i)
         started = time.perf_counter()
         image = pipe(
-            prompt.caption, num_inference_steps=args.steps, guidance_scale=args.guidance,
-            width=args.size, height=args.size, generator=generator,
+            prompt.caption,
+            num_inference_steps=args.steps,
+            guidance_scale=args.guidance,
+            width=args.size,
+            height=args.size,
+            generator=generator,
         ).images[0]
         seconds.append(time.perf_counter() - started)
         verdict = judge.judge(image, prompt.scene, classifier)

@@ -31,6 +31,14 @@ def tiny_model(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_sdxl_model(tmp_path_factory) -> Path:
+    """A tiny random SDXL-shaped pipeline (two text encoders), built once per run."""
+    from workers.tiny_model import build_tiny_sdxl_pipeline
+
+    return build_tiny_sdxl_pipeline(tmp_path_factory.mktemp("models") / "tiny-sdxl")
+
+
+@pytest.fixture(scope="session")
 def broken_model(tmp_path_factory) -> Path:
     """Loads like a real model but raises while sampling (text width ≠ UNet cross-attention width)."""
     from workers.tiny_model import build_tiny_pipeline

@@ -12,8 +12,9 @@ import logging
 from celery.signals import worker_process_init
 
 from app.config import get_settings
-from app.generation import service
-from app.storage import get_storage, image_key
+from app.generation import images, metadata, service
+from app.generation.schemas import SAMPLERS
+from app.storage import get_storage, image_key, preview_key
 from workers import pipelines
 from workers.celery_app import app
 
@@ -36,6 +37,10 @@ def _warm_up(**_kwargs):
         log.exception("could not load model %s at start", settings.model)
 
 
+class JobCancelled(Exception):
+    """Raised between steps when the job's owner pressed Cancel; stops the pipeline."""
+
+
 @app.task(name="gouache.generate")
 def generate(job_id: str) -> None:
     settings = get_settings()
@@ -49,32 +54,124 @@ def generate(job_id: str) -> None:
         stored = []
         for index, (image, seed) in enumerate(images):
             key = image_key(job.user_id, job.id, index)
-            buf = io.BytesIO()
-            image.save(buf, format="PNG")
-            storage.put(key, buf.getvalue(), "image/png")
+            storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
             stored.append((key, index, seed, image.width, image.height))
         if not service.succeed(settings, job, stored):
             log.warning("job %s was failed meanwhile; discarding its images", job_id)
             for key, *_ in stored:
                 storage.delete(key)
+    except JobCancelled:
+        log.info("job %s cancelled by its owner", job_id)
+        service.settle_cancelled(settings, job_id)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         service.fail(settings, job_id, f"Generation failed: {type(exc).__name__}: {exc}")
+    finally:
+        # the live preview is only for while it runs
+        try:
+            get_storage(settings).delete(preview_key(job.user_id, job.id))
+        except Exception:
+            log.warning("could not delete the preview of job %s", job_id, exc_info=True)
 
 
 def run(settings, job):
-    """Sample ``job.n_images`` images for the job, reporting progress per step."""
+    """Make the job's images, reporting progress per denoising step."""
     pipe = pipelines.load(settings, job.model)
-    log.info("job %s: %d×%d, %d steps, %d image(s)", job.id, job.width, job.height, job.steps, job.n_images)
-    return pipelines.sample(
-        pipe,
+    log.info(
+        "job %s: %s %d×%d, %d steps, %d image(s)", job.id, job.mode, job.width, job.height, job.steps, job.n_images
+    )
+    storage = get_storage(settings)
+
+    def report(done: int, total: int, latents=None) -> None:
+        step = round(done / total * job.steps)
+        key = None
+        if latents is not None and settings.preview_every and done % settings.preview_every == 0 and done < total:
+            key = preview_key(job.user_id, job.id)
+            buf = io.BytesIO()
+            pipelines.preview(pipe, latents).save(buf, format="JPEG", quality=70)
+            storage.put(key, buf.getvalue(), "image/jpeg")
+        if service.report_progress(settings, job.id, step, key):
+            raise JobCancelled(job.id)
+
+    common = dict(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
-        width=job.width,
-        height=job.height,
         steps=job.steps,
         guidance=job.guidance,
+        sampler=job.sampler,
+    )
+    if job.mode == "txt2img":
+        return pipelines.sample(
+            pipe, width=job.width, height=job.height, seed=job.seed, n_images=job.n_images, on_step=report, **common
+        )
+    source = _open(storage.get(job.source_key))
+    mask = _open(storage.get(job.mask_key)).convert("L") if job.mask_key else None
+    if job.mode == "upscale":
+        return [(upscale(pipe, source, job, report, common), job.seed)]
+    return pipelines.sample(
+        pipe,
+        width=job.width,
+        height=job.height,
         seed=job.seed,
         n_images=job.n_images,
-        on_step=lambda step: service.report_progress(settings, job.id, step),
+        image=source,
+        mask=mask,
+        strength=job.strength,
+        on_step=report,
+        **common,
+    )
+
+
+def upscale(pipe, source, job, report, common):
+    """Resize (Lanczos) to the job's size, then repaint detail with a low-strength
+    image-to-image pass, in overlapping tiles no larger than the model's maximum,
+    blended where they overlap."""
+    from PIL import Image
+
+    big = source.convert("RGB").resize((job.width, job.height), Image.Resampling.LANCZOS)
+    settings = get_settings()
+    boxes = images.tile_grid(job.width, job.height, settings.model_max_size, service.UPSCALE_OVERLAP)
+    out = big.copy()
+    for i, box in enumerate(boxes):
+        tile = big.crop(box)
+        [(painted, _)] = pipelines.sample(
+            pipe,
+            width=tile.width,
+            height=tile.height,
+            seed=job.seed + i,
+            image=tile,
+            strength=job.strength,
+            on_step=lambda done, total, latents, i=i: report(i * total + done, total * len(boxes), latents),
+            **common,
+        )
+        weight = images.feather_mask(tile.size, box, big.size, service.UPSCALE_OVERLAP // 2 if len(boxes) > 1 else 0)
+        out.paste(painted.resize(tile.size), box[:2], weight)
+    return out
+
+
+def _open(data: bytes):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(data))
+    image.load()
+    return image
+
+
+def parameters(settings, job, seed: int) -> metadata.Parameters:
+    """What the PNG records about how it was made (AUTOMATIC1111's fields)."""
+    return metadata.Parameters(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        steps=job.steps,
+        sampler=SAMPLERS.get(job.sampler, job.sampler),
+        guidance=job.guidance,
+        seed=seed,
+        width=job.width,
+        height=job.height,
+        model=settings.model_name if job.model == settings.model else job.model,
+        extra=(
+            *((("Denoising strength", f"{job.strength:g}"), ("Mode", job.mode)) if job.strength is not None else ()),
+            ("Licence", job.licence or "unspecified"),
+            ("Gouache job", job.id),
+        ),
     )

@@ -133,3 +133,76 @@ def build_tiny_pipeline(
     pipe.save_pretrained(path, safe_serialization=True)
     (path / "README.md").write_text(MODEL_CARD)
     return path
+
+
+def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0, sample_size: int = 64) -> Path:
+    """Write a tiny random SDXL-shaped pipeline (two text encoders, the UNet's
+    ``text_time`` added conditioning) to ``path``: diffusers' own SDXL test components."""
+    import tempfile
+
+    import torch
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text
+        cross_attention_dim=64,  # both encoders' hidden states side by side
+    )
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=sample_size,
+    )
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file, merges_file = _write_tokenizer_files(Path(tmp))
+        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+        tokenizer_2 = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+    config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=32,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer.get_vocab()),
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+    pipe = StableDiffusionXLPipeline(
+        vae=vae,
+        text_encoder=CLIPTextModel(config),
+        text_encoder_2=CLIPTextModelWithProjection(config),
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer_2,
+        unet=unet,
+        scheduler=EulerDiscreteScheduler(
+            beta_start=0.00085,
+            beta_end=0.012,
+            beta_schedule="scaled_linear",
+            steps_offset=1,
+            timestep_spacing="leading",
+        ),  # fmt: skip
+    )
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path, safe_serialization=True)
+    (path / "README.md").write_text(MODEL_CARD.replace("Stable Diffusion-shaped", "SDXL-shaped"))
+    return path

@@ -2,12 +2,12 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
 
-QUEUED, RUNNING, SUCCEEDED, FAILED = "queued", "running", "succeeded", "failed"
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
 
 
 class Job(Base):
@@ -32,6 +32,19 @@ class Job(Base):
     guidance: Mapped[float] = mapped_column(Float)
     seed: Mapped[int] = mapped_column(BigInteger)
     n_images: Mapped[int] = mapped_column(Integer)
+    sampler: Mapped[str] = mapped_column(String(32), default="euler", server_default="euler")
+    # Image modes: how much of the source to repaint (0..1), the source and mask in
+    # object storage, and the gallery image it came from (variations, upscales ...).
+    strength: Mapped[float | None] = mapped_column(Float)
+    source_key: Mapped[str | None] = mapped_column(String(512))
+    mask_key: Mapped[str | None] = mapped_column(String(512))
+    source_image_id: Mapped[str | None] = mapped_column(String(36))
+    # Set by the owner's Cancel; the worker stops between steps and settles what was made.
+    cancel_requested: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    # The latest live preview (a small JPEG in object storage), while running.
+    preview_key: Mapped[str | None] = mapped_column(String(512))
+    # The model's licence when the job ran ("CreativeML Open RAIL-M"), kept with its images.
+    licence: Mapped[str] = mapped_column(String(255), default="", server_default="")
     price: Mapped[int] = mapped_column(Integer)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")
@@ -44,7 +57,7 @@ class Job(Base):
 
     @property
     def done(self) -> bool:
-        return self.status in (SUCCEEDED, FAILED)
+        return self.status in (SUCCEEDED, FAILED, CANCELLED)
 
     @property
     def progress(self) -> float:

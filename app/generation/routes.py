@@ -3,14 +3,17 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fastapi import APIRouter, Body, Depends, Header, Request
-from fastapi.responses import RedirectResponse
+from fastapi import APIRouter, Depends, Header, Request
+from fastapi.responses import RedirectResponse, Response
 from sqlalchemy import select
+from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.db import transaction
-from app.errors import UserError
+from app.errors import NotFound, UserError
+from app.gallery import service as gallery_service
 from app.generation import schemas, service
 from app.generation.models import Job
+from app.storage import ObjectNotFound, get_storage
 from app.web import CurrentUser, get_app_settings, is_htmx, optional_user, render, require_user, verify_csrf
 
 router = APIRouter(dependencies=[Depends(verify_csrf)])
@@ -27,35 +30,59 @@ def _recent_jobs(request: Request, user: CurrentUser) -> list[tuple[Job, list]]:
         return [(job, service.job_images(session, job)) for job in jobs]
 
 
-def _form_context(request: Request, form: dict[str, Any]) -> dict[str, Any]:
+FORM_FIELDS = (
+    "prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n", "sampler",
+    "mode", "strength", "source_image", "variation", "upscale",
+    "extend_left", "extend_right", "extend_top", "extend_bottom",
+)  # fmt: skip
+
+
+def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> dict[str, Any]:
     settings = get_app_settings(request)
     presets = service.size_presets(settings)
     form.setdefault("size", presets[0].value)
     form.setdefault("steps", settings.model_default_steps)
-    form.setdefault("guidance", 7.5)
+    form.setdefault("guidance", settings.model_default_guidance)
     form.setdefault("n", 1)
+    form.setdefault("sampler", schemas.DEFAULT_SAMPLER)
+    form.setdefault("mode", "txt2img")
+    if form["mode"] not in schemas.MODES:
+        form["mode"] = "txt2img"
+    form.setdefault("strength", schemas.DEFAULT_STRENGTH.get(form["mode"], 0.6))
+    source = None
+    if form.get("source_image"):
+        with transaction(settings) as session:
+            try:
+                row = gallery_service.get_image(session, user.id, str(form["source_image"]))
+                source = {"id": row.id, "width": row.width, "height": row.height, "prompt": row.job.prompt}
+            except NotFound:
+                form.pop("source_image")
     try:
-        price = service.quote(settings, schemas.parse_quote(form, settings))
-    except UserError:
+        price = service.quote_form(settings, user.id, form)
+    except (UserError, NotFound):
         price = None
-    return {"form": form, "presets": presets, "price": price, "request_id": uuid.uuid4().hex}
+    return {
+        "form": form,
+        "source": source,
+        "presets": presets,
+        "samplers": schemas.SAMPLERS,
+        "modes": {k: v for k, v in schemas.MODES.items() if k in ("txt2img", "img2img", "inpaint", "outpaint")},
+        "price": price,
+        "request_id": uuid.uuid4().hex,
+    }
 
 
 @router.get("/")
 def home(request: Request, user: CurrentUser | None = Depends(optional_user)):
     if user is None:
         return render(request, "landing.html")
-    form = {
-        k: v
-        for k, v in request.query_params.items()
-        if k in ("prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n")
-    }
+    form = {k: v for k, v in request.query_params.items() if k in FORM_FIELDS}
     return render(
         request,
         "generation/generate.html",
         error=None,
         jobs=_recent_jobs(request, user),
-        **_form_context(request, form),
+        **_form_context(request, form, user),
     )
 
 
@@ -63,21 +90,38 @@ def home(request: Request, user: CurrentUser | None = Depends(optional_user)):
 def quote_fragment(request: Request, user: CurrentUser = Depends(require_user)):
     settings = get_app_settings(request)
     try:
-        price = service.quote(settings, schemas.parse_quote(request.query_params, settings))
+        price = service.quote_form(settings, user.id, request.query_params)
         error = None
-    except UserError as e:
+    except (UserError, NotFound) as e:
         price, error = None, e
     return render(request, "generation/_quote.html", price=price, error=error)
+
+
+UPLOAD_FIELDS = ("image", "mask")
+
+
+async def _form_and_uploads(request: Request) -> tuple[dict[str, Any], dict[str, bytes]]:
+    """The form's text fields, and the bytes of its uploaded ``image`` and ``mask``."""
+    form: dict[str, Any] = {}
+    uploads: dict[str, bytes] = {}
+    limit = get_app_settings(request).max_upload_bytes
+    for key, value in (await request.form()).multi_items():
+        if isinstance(value, StarletteUploadFile):
+            if key in UPLOAD_FIELDS and value.filename:
+                # one byte past the limit is enough to refuse it with the right message
+                uploads[key] = await value.read(limit + 1)
+        elif key != "csrf_token":
+            form[key] = value
+    return form, uploads
 
 
 @router.post("/generate")
 async def generate(request: Request, user: CurrentUser = Depends(require_user)):
     settings = get_app_settings(request)
-    form = dict(await request.form())
-    form.pop("csrf_token", None)
+    form, uploads = await _form_and_uploads(request)
     try:
         req = schemas.parse_request(form, settings)
-        job = service.submit(settings, user.id, req, str(form.get("request_id", "")))
+        job = service.submit(settings, user.id, req, str(form.get("request_id", "")), uploads)
     except UserError as e:
         if is_htmx(request):
             response = render(request, "generation/_form_error.html", status_code=e.status_code, error=e)
@@ -90,7 +134,7 @@ async def generate(request: Request, user: CurrentUser = Depends(require_user)):
             status_code=e.status_code,
             error=e,
             jobs=_recent_jobs(request, user),
-            **_form_context(request, form),
+            **_form_context(request, form, user),
         )
     if is_htmx(request):
         request.state._state.pop("user", None)  # re-read the balance after the hold
@@ -112,6 +156,28 @@ def job_card(request: Request, job_id: str, user: CurrentUser = Depends(require_
         # Tell the page the balance may have changed (a failed job gives credits back).
         response.headers["HX-Trigger"] = "balance-changed"
     return response
+
+
+@router.post("/jobs/{job_id}/cancel")
+def cancel_job(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
+    service.request_cancel(get_app_settings(request), user.id, job_id)
+    if is_htmx(request):
+        return job_card(request, job_id, user)
+    return RedirectResponse(f"/jobs/{job_id}", status_code=303)
+
+
+@router.get("/jobs/{job_id}/preview.jpg")
+def job_preview(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
+    """The running job's latest live preview (owner only)."""
+    settings = get_app_settings(request)
+    job, _ = service.get_job(settings, user.id, job_id)
+    if not job.preview_key or job.done:
+        raise NotFound("No preview yet.")
+    try:
+        data = get_storage(settings).get(job.preview_key)
+    except ObjectNotFound:
+        raise NotFound("No preview yet.") from None
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
 @router.get("/balance")
@@ -136,6 +202,10 @@ def job_out(request: Request, job: Job, images) -> schemas.JobOut:
         guidance=job.guidance,
         seed=job.seed,
         n_images=job.n_images,
+        sampler=job.sampler,
+        mode=job.mode,
+        strength=job.strength,
+        preview_url=str(request.url_for("job_preview", job_id=job.id)) if job.preview_key and not job.done else None,
         model=job.model,
         price=job.price,
         error=job.error,
@@ -162,16 +232,35 @@ def api_quote(request: Request) -> dict[str, int]:
 
 
 @api.post("/generations", status_code=202)
-def api_generate(
+async def api_generate(
     request: Request,
-    body: dict[str, Any] = Body(...),
     idempotency_key: str | None = Header(default=None),
     user: CurrentUser = Depends(require_user),
 ) -> schemas.JobOut:
+    """JSON (text-to-image, or an image mode from a gallery image's ``source_image``),
+    or multipart form data with ``image`` / ``mask`` files for uploads."""
     settings = get_app_settings(request)
+    if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        body, uploads = await _form_and_uploads(request)
+    else:
+        try:
+            body = await request.json()
+        except ValueError:
+            raise UserError("The request body must be JSON or form data.") from None
+        if not isinstance(body, dict):
+            raise UserError("The request body must be a JSON object.")
+        uploads = {}
     req = schemas.parse_request(body, settings)
-    job = service.submit(settings, user.id, req, idempotency_key or str(body.get("request_id") or ""))
+    job = service.submit(settings, user.id, req, idempotency_key or str(body.get("request_id") or ""), uploads)
     return job_out(request, job, [])
+
+
+@api.post("/generations/{job_id}/cancel")
+def api_cancel(request: Request, job_id: str, user: CurrentUser = Depends(require_user)) -> schemas.JobOut:
+    settings = get_app_settings(request)
+    service.request_cancel(settings, user.id, job_id)
+    job, images = service.get_job(settings, user.id, job_id)
+    return job_out(request, job, images)
 
 
 @api.get("/generations/{job_id}")

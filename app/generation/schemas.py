@@ -15,26 +15,88 @@ from pydantic import BaseModel
 
 from app.config import Settings
 from app.errors import UserError
+from app.generation import prompt_params
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE = 64
 MAX_GUIDANCE = 30.0
+MAX_ASPECT = 4.0  # wider or taller than 4:1 is refused: models make repeated subjects there
+
+# Sampler id -> the name AUTOMATIC1111 and DreamStudio users know. The worker maps each
+# to a diffusers scheduler built from the model's own scheduler config.
+SAMPLERS = {
+    "euler": "Euler",
+    "euler_a": "Euler a",
+    "dpmpp_2m_karras": "DPM++ 2M Karras",
+    "ddim": "DDIM",
+    "unipc": "UniPC",
+}
+DEFAULT_SAMPLER = "euler"
+_SAMPLER_ALIASES = {
+    "".join(ch for ch in name.lower() if ch.isalnum()): sampler_id
+    for sampler_id, label in SAMPLERS.items()
+    for name in (sampler_id, label, label.replace("++", "pp"))
+}
+
+
+# Modes, with the strength each starts at (the share of the source that is repainted).
+MODES = {
+    "txt2img": "Text to image",
+    "img2img": "Image to image",
+    "inpaint": "Inpaint",
+    "outpaint": "Outpaint",
+    "variation": "Variations",
+    "upscale": "Upscale",
+}
+IMAGE_MODES = frozenset(MODES) - {"txt2img"}
+DEFAULT_STRENGTH = {"img2img": 0.6, "inpaint": 1.0, "outpaint": 1.0, "variation": 0.35, "upscale": 0.3}
+VARIATION_STRENGTH = {"subtle": 0.35, "strong": 0.7}  # Midjourney's "vary (subtle / strong)"
+MIN_STRENGTH = 0.05
+UPSCALE_FACTORS = (2, 4)
+MAX_EXTEND = 1024  # pixels added to one side when outpainting
 
 
 @dataclass(frozen=True)
+class Extend:
+    """Pixels to add on each side of the source (outpainting)."""
+
+    left: int = 0
+    right: int = 0
+    top: int = 0
+    bottom: int = 0
+
+    @property
+    def any(self) -> bool:
+        return any((self.left, self.right, self.top, self.bottom))
+
+
+@dataclass(frozen=True, kw_only=True)
 class QuoteRequest:
     width: int
     height: int
     steps: int
     n_images: int
+    mode: str = "txt2img"
+    strength: float | None = None  # image modes only
+    upscale: int | None = None  # upscale only: 2 or 4
+    extend: Extend | None = None  # outpaint only
+
+    @property
+    def denoising_steps(self) -> int:
+        """The steps the model really runs: image modes run ``steps × strength``."""
+        if self.strength is None:
+            return self.steps
+        return max(1, round(self.steps * self.strength))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class GenerationRequest(QuoteRequest):
     prompt: str
     negative_prompt: str
     guidance: float
     seed: int | None
+    sampler: str = DEFAULT_SAMPLER
+    source_image_id: str | None = None  # a gallery image to start from (image modes)
 
 
 def _blank(value: Any) -> bool:
@@ -63,7 +125,41 @@ def _in_range(value: int | float, lo: int | float, hi: int | float, field: str, 
         raise UserError(f"{label} must be between {_number(lo)} and {_number(hi)}.", field=field)
 
 
+def size_for_aspect(settings: Settings, aw: int, ah: int) -> tuple[int, int]:
+    """A width and height of ratio ``aw:ah`` with about the model's native pixel count,
+    in the model's size multiple and within its limits."""
+    base, m = settings.model_default_size, settings.model_size_multiple
+    scale = (base * base / (aw * ah)) ** 0.5
+    scale = max(scale, MIN_SIZE / min(aw, ah))  # the short side at least MIN_SIZE ...
+    scale = min(scale, settings.model_max_size / max(aw, ah))  # ... and the long one within the limit
+    w = max(MIN_SIZE, min(settings.model_max_size // m * m, round(aw * scale / m) * m))
+    h = max(MIN_SIZE, min(settings.model_max_size // m * m, round(ah * scale / m) * m))
+    return w, h
+
+
+def _aspect(value: Any, settings: Settings) -> tuple[int, int]:
+    text = str(value).strip()
+    a, sep, b = text.partition(":")
+    try:
+        aw, ah = int(a), int(b)
+    except ValueError:
+        aw = ah = 0
+    if not sep or aw <= 0 or ah <= 0:
+        raise UserError(f"Aspect ratio must look like 16:9 (got {text!r}).", field="aspect")
+    if max(aw / ah, ah / aw) > MAX_ASPECT:
+        raise UserError(f"This model can't make {aw}:{ah} images; choose a ratio between 1:4 and 4:1.", field="aspect")
+    w, h = size_for_aspect(settings, aw, ah)
+    if abs((w / h) / (aw / ah) - 1) > 0.1:  # clamped to the model's limits: the ratio is lost
+        raise UserError(
+            f"This model can't make {aw}:{ah} images within its {settings.model_max_size}-pixel limit.",
+            field="aspect",
+        )
+    return w, h
+
+
 def _size(data: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
+    if not _blank(data.get("aspect")):
+        return _aspect(data["aspect"], settings)
     size = data.get("size")
     if not _blank(size):
         w, sep, h = str(size).lower().partition("x")
@@ -74,23 +170,94 @@ def _size(data: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
     height = _int(data, "height", "Height", settings.model_default_size)
     for value, field, label in ((width, "width", "Width"), (height, "height", "Height")):
         _in_range(value, MIN_SIZE, settings.model_max_size, field, label)
-        if value % 8:
-            raise UserError(f"{label} must be a multiple of 8 (got {value}).", field=field)
+        if value % settings.model_size_multiple:
+            raise UserError(
+                f"{label} must be a multiple of {settings.model_size_multiple} for this model (got {value}).",
+                field=field,
+            )
     return width, height
 
 
+def _float(data: Mapping[str, Any], field: str, label: str) -> float | None:
+    value = data.get(field)
+    if _blank(value):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise UserError(f"{label} must be a number.", field=field) from None
+    if number != number:  # NaN
+        raise UserError(f"{label} must be a number.", field=field)
+    return number
+
+
+def _mode_fields(data: Mapping[str, Any]) -> dict[str, Any]:
+    mode = str(data.get("mode") or "txt2img").strip().lower()
+    if mode not in MODES:
+        raise UserError(f"Unknown mode {mode[:30]!r}; choose one of: {', '.join(MODES)}.", field="mode")
+    if mode == "txt2img":
+        return {"mode": mode}
+    strength = _float(data, "strength", "Strength")
+    if mode == "variation" and strength is None and not _blank(data.get("variation")):
+        variation = str(data["variation"]).strip().lower()
+        if variation not in VARIATION_STRENGTH:
+            raise UserError("Variation must be subtle or strong.", field="variation")
+        strength = VARIATION_STRENGTH[variation]
+    if strength is None:
+        strength = DEFAULT_STRENGTH[mode]
+    _in_range(strength, MIN_STRENGTH, 1.0, "strength", "Strength")
+    fields: dict[str, Any] = {"mode": mode, "strength": strength}
+    if mode == "upscale":
+        factor = _int(data, "upscale", "Upscale factor", 2)
+        if factor not in UPSCALE_FACTORS:
+            raise UserError("Upscale by 2× or 4×.", field="upscale")
+        fields["upscale"] = factor
+    if mode == "outpaint":
+        sides = {}
+        for side in ("left", "right", "top", "bottom"):
+            value = _int(data, f"extend_{side}", f"Extend {side}", 0)
+            _in_range(value, 0, MAX_EXTEND, f"extend_{side}", f"Extend {side}")
+            sides[side] = value
+        extend = Extend(**sides)
+        if not extend.any:
+            raise UserError("Choose how far to extend the image on at least one side.", field="extend_left")
+        fields["extend"] = extend
+    return fields
+
+
 def parse_quote(data: Mapping[str, Any], settings: Settings) -> QuoteRequest:
-    width, height = _size(data, settings)
+    """The fields that decide the price. For image modes, ``width``/``height`` are the
+    output's size, which the caller derives from the source image
+    (:func:`app.generation.service.output_size`)."""
+    data = prompt_params.apply(dict(data))  # "--n 4" in the prompt is priced like the form's 4
+    modes = _mode_fields(data)
+    width, height = _size(data, settings) if modes["mode"] == "txt2img" else (MIN_SIZE, MIN_SIZE)
     steps = _int(data, "steps", "Steps", settings.model_default_steps)
     _in_range(steps, 1, settings.model_max_steps, "steps", "Steps")
     n = _int(data, "n", "Number of images", 1)
     _in_range(n, 1, settings.max_images_per_job, "n", "Number of images")
-    return QuoteRequest(width=width, height=height, steps=steps, n_images=n)
+    if modes["mode"] == "upscale":
+        n = 1  # an upscale makes one image
+    return QuoteRequest(width=width, height=height, steps=steps, n_images=n, **{k: v for k, v in modes.items()})
+
+
+def parse_sampler(value: Any) -> str:
+    if _blank(value):
+        return DEFAULT_SAMPLER
+    key = "".join(ch for ch in str(value).lower() if ch.isalnum())
+    if key not in _SAMPLER_ALIASES:
+        raise UserError(
+            f"Unknown sampler {str(value)[:40]!r}; choose one of: {', '.join(SAMPLERS.values())}.", field="sampler"
+        )
+    return _SAMPLER_ALIASES[key]
 
 
 def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequest:
+    data = prompt_params.apply(dict(data))
     prompt = data.get("prompt")
-    if not isinstance(prompt, str) or not prompt.strip():
+    if _blank(prompt) and str(data.get("mode") or "").strip().lower() in ("variation", "upscale"):
+        prompt = ""  # the source image's own prompt is used (filled in by the service)
+    elif not isinstance(prompt, str) or not prompt.strip():
         raise UserError("Describe the image you want in the prompt.", field="prompt")
     prompt = prompt.strip()
     if len(prompt) > settings.max_prompt_chars:
@@ -108,7 +275,7 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
     quote = parse_quote(data, settings)
     raw_guidance = data.get("guidance")
     try:
-        guidance = 7.5 if _blank(raw_guidance) else float(raw_guidance)
+        guidance = settings.model_default_guidance if _blank(raw_guidance) else float(raw_guidance)
     except (TypeError, ValueError):
         raise UserError("Guidance must be a number.", field="guidance") from None
     if guidance != guidance:  # NaN
@@ -117,15 +284,24 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
     seed = _int(data, "seed", "Seed")
     if seed is not None:
         _in_range(seed, 0, MAX_SEED, "seed", "Seed")
+    source_image_id = str(data.get("source_image") or "").strip() or None
+    if quote.mode in ("variation", "upscale") and source_image_id is None:
+        raise UserError("Choose an image from your gallery.", field="source_image")
     return GenerationRequest(
         width=quote.width,
         height=quote.height,
         steps=quote.steps,
         n_images=quote.n_images,
+        mode=quote.mode,
+        strength=quote.strength,
+        upscale=quote.upscale,
+        extend=quote.extend,
+        source_image_id=source_image_id,
         prompt=prompt,
         negative_prompt=negative,
         guidance=guidance,
         seed=seed,
+        sampler=parse_sampler(data.get("sampler")),
     )
 
 
@@ -151,6 +327,10 @@ class JobOut(BaseModel):
     guidance: float
     seed: int
     n_images: int
+    sampler: str
+    mode: str
+    strength: float | None
+    preview_url: str | None = None
     model: str
     price: int
     error: str

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import secrets
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import timedelta
 
 from sqlalchemy import or_, select, update
@@ -14,14 +14,154 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.credits import ledger, pricing
 from app.db import transaction, utcnow
-from app.errors import NotFound, ServiceUnavailable
+from app.errors import NotFound, ServiceUnavailable, UserError
+from app.gallery import service as gallery
 from app.gallery.models import Image
-from app.generation.models import FAILED, QUEUED, RUNNING, SUCCEEDED, Job
-from app.generation.schemas import MAX_SEED, GenerationRequest, QuoteRequest
+from app.generation import images
+from app.generation.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from app.generation.schemas import (
+    MAX_SEED,
+    MIN_SIZE,
+    MODES,
+    Extend,
+    GenerationRequest,
+    QuoteRequest,
+    parse_quote,
+    size_for_aspect,
+)
+from app.storage import get_storage, input_key
+
+UPSCALE_OVERLAP = 64  # pixels shared by neighbouring upscale tiles, blended when stitched
+
+
+def tiles(settings: Settings, req: QuoteRequest) -> list[tuple[int, int, int, int]]:
+    """How the output is cut for the model: one tile, except for upscales larger than
+    the model's maximum size."""
+    if req.mode != "upscale":
+        return [(0, 0, req.width, req.height)]
+    return images.tile_grid(req.width, req.height, settings.model_max_size, UPSCALE_OVERLAP)
 
 
 def quote(settings: Settings, req: QuoteRequest) -> int:
-    return pricing.price(settings, width=req.width, height=req.height, steps=req.steps, n_images=req.n_images)
+    """The price: per tile, of the steps the model really runs (``steps × strength`` for
+    image modes), through the one price function."""
+    boxes = tiles(settings, req)
+    left, top, right, bottom = boxes[0]
+    return len(boxes) * pricing.price(
+        settings, width=right - left, height=bottom - top, steps=req.denoising_steps, n_images=req.n_images
+    )
+
+
+def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, int]) -> tuple[int, int]:
+    """The size an image-mode job makes from a source of ``source_size``."""
+    w, h = source_size
+    m = settings.model_size_multiple
+    if req.mode == "upscale":
+        out_w, out_h = w * req.upscale // m * m, h * req.upscale // m * m
+        if max(out_w, out_h) > settings.max_upscale_side:
+            raise UserError(
+                f"Upscaling this {w}×{h} image {req.upscale}× would make it {w * req.upscale}×{h * req.upscale}; "
+                f"the limit is {settings.max_upscale_side} pixels a side.",
+                field="upscale",
+            )
+        return out_w, out_h
+    fitted = work_size(settings, (w, h))
+    if req.mode == "outpaint":
+        e = req.extend
+        scale = fitted[0] / w
+        return images.outpaint_size(fitted, _scaled(e, scale), settings.model_max_size, m)
+    return fitted
+
+
+def quote_form(settings: Settings, user_id: int, data) -> int | None:
+    """The price of what the form describes, or None while an image mode has no image
+    yet. An image mode's size comes from its gallery image, or from ``source_width`` /
+    ``source_height``, which the page sends once an upload is chosen."""
+    req = parse_quote(data, settings)
+    if req.mode == "txt2img":
+        return quote(settings, req)
+    source_size = None
+    if data.get("source_image"):
+        with transaction(settings) as session:
+            row = gallery.get_image(session, user_id, str(data["source_image"]))
+            source_size = (row.width, row.height)
+    elif data.get("source_width") and data.get("source_height"):
+        try:
+            source_size = (int(data["source_width"]), int(data["source_height"]))
+        except ValueError:
+            source_size = None
+        if source_size and min(source_size) < 1:
+            source_size = None
+    if source_size is None:
+        return None
+    width, height = output_size(settings, req, source_size)
+    return quote(settings, replace(req, width=width, height=height))
+
+
+def work_size(settings: Settings, size: tuple[int, int]) -> tuple[int, int]:
+    """The size the model works on a source image at: its own (to the size multiple) when
+    the model can make it, else about the model's native pixel count."""
+    w, h = size
+    m = settings.model_size_multiple
+    if MIN_SIZE <= min(w, h) and max(w, h) <= settings.model_max_size:
+        return w // m * m, h // m * m
+    return images.fitted_size((w, h), settings.model_default_size, settings.model_max_size, m)
+
+
+def _scaled(extend: Extend, scale: float) -> Extend:
+    return Extend(*(round(v * scale) for v in (extend.left, extend.right, extend.top, extend.bottom)))
+
+
+def prepare_inputs(
+    settings: Settings, user_id: int, req: GenerationRequest, uploads: dict[str, bytes]
+) -> tuple[GenerationRequest, bytes | None, bytes | None]:
+    """Check and shape an image-mode request's inputs before anything is charged:
+    ``(request with its output size, source PNG, mask PNG)``."""
+    if req.mode == "txt2img":
+        return req, None, None
+    limits = images.UploadLimits(settings.max_upload_bytes, settings.max_upload_pixels)
+    prompt, negative = req.prompt, req.negative_prompt
+    if req.source_image_id:
+        with transaction(settings) as session:
+            source_row = gallery.get_image(session, user_id, req.source_image_id)
+            key, source_prompt, source_negative = (
+                source_row.storage_key,
+                source_row.job.prompt,
+                source_row.job.negative_prompt,
+            )
+        own = images.UploadLimits(max_bytes=2**31, max_pixels=4 * settings.max_upscale_side**2)  # ours: trusted
+        source = images.open_upload(get_storage(settings).get(key), field="source_image", label="the image", limits=own)
+        if not prompt:
+            prompt, negative = source_prompt, negative or source_negative
+    elif uploads.get("image"):
+        source = images.open_upload(uploads["image"], field="image", label="the image", limits=limits)
+    else:
+        raise UserError("Upload an image, or choose one from your gallery.", field="image")
+    if not prompt:
+        raise UserError("Describe the image you want in the prompt.", field="prompt")
+    width, height = output_size(settings, req, source.size)
+    mask = None
+    m = settings.model_size_multiple
+    if req.mode == "upscale":
+        canvas = source.convert("RGB")
+    elif req.mode == "outpaint":
+        fitted = source.convert("RGB").resize(work_size(settings, source.size), images.Image.Resampling.LANCZOS)
+        extend = _scaled(req.extend, fitted.width / source.width)
+        canvas, mask = images.outpaint_canvas(fitted, extend, multiple=m)
+        if canvas.size != (width, height):  # larger than the model allows: shrink the whole frame
+            canvas = canvas.resize((width, height), images.Image.Resampling.LANCZOS)
+            mask = mask.resize((width, height), images.Image.Resampling.NEAREST)
+    else:
+        canvas = source.convert("RGB").resize((width, height), images.Image.Resampling.LANCZOS)
+        if req.mode == "inpaint":
+            if not uploads.get("mask"):
+                raise UserError("Paint over the area to regenerate, or upload a mask.", field="mask")
+            mask_image = images.open_upload(uploads["mask"], field="mask", label="the mask", limits=limits)
+            mask = images.mask_from_upload(mask_image, source.size).resize(
+                (width, height), images.Image.Resampling.NEAREST
+            )
+    shaped = replace(req, width=width, height=height, prompt=prompt, negative_prompt=negative)
+    return shaped, images.png(canvas), images.png(mask) if mask is not None else None
 
 
 @dataclass(frozen=True)
@@ -39,21 +179,25 @@ _ASPECTS = (("Square", 1, 1), ("Landscape", 3, 2), ("Portrait", 2, 3), ("Wide", 
 
 
 def size_presets(settings: Settings) -> list[SizePreset]:
-    """Aspect ratio presets with about the model's native pixel count, in multiples of 8."""
-    base = settings.model_default_size
+    """Aspect ratio presets with about the model's native pixel count, in the model's size multiple."""
     presets = []
     for name, aw, ah in _ASPECTS:
-        scale = (base * base / (aw * ah)) ** 0.5
-        w = max(64, min(settings.model_max_size, round(aw * scale / 8) * 8))
-        h = max(64, min(settings.model_max_size, round(ah * scale / 8) * 8))
+        w, h = size_for_aspect(settings, aw, ah)
         presets.append(SizePreset(f"{name} {aw}:{ah} — {w}×{h}", w, h))
-    big = min(settings.model_max_size, base * 2) // 8 * 8
-    if big > base:
+    m = settings.model_size_multiple
+    big = min(settings.model_max_size, settings.model_default_size * 2) // m * m
+    if big > settings.model_default_size:
         presets.append(SizePreset(f"Large square 1:1 — {big}×{big}", big, big))
     return presets
 
 
-def submit(settings: Settings, user_id: int, req: GenerationRequest, client_request_id: str) -> Job:
+def submit(
+    settings: Settings,
+    user_id: int,
+    req: GenerationRequest,
+    client_request_id: str,
+    uploads: dict[str, bytes] | None = None,
+) -> Job:
     """Price the request, hold the credits, create the job and enqueue it.
 
     The same ``client_request_id`` (a double click, a retried API call) returns
@@ -63,11 +207,26 @@ def submit(settings: Settings, user_id: int, req: GenerationRequest, client_requ
     existing = _job_by_request(settings, user_id, client_request_id)
     if existing is not None:
         return existing
+    req, source_png, mask_png = prepare_inputs(settings, user_id, req, uploads or {})
     price = quote(settings, req)
+    job_id = str(uuid.uuid4())
+    storage = get_storage(settings)
+    source_key = mask_key = None
+    if source_png is not None:  # stored before the charge; removed again if the job is not created
+        source_key = input_key(user_id, job_id, "source")
+        storage.put(source_key, source_png, "image/png")
+    if mask_png is not None:
+        mask_key = input_key(user_id, job_id, "mask")
+        storage.put(mask_key, mask_png, "image/png")
     job = Job(
-        id=str(uuid.uuid4()),
+        id=job_id,
         user_id=user_id,
         client_request_id=client_request_id,
+        mode=req.mode,
+        strength=req.strength,
+        source_key=source_key,
+        mask_key=mask_key,
+        source_image_id=req.source_image_id,
         status=QUEUED,
         model=settings.model,
         prompt=req.prompt,
@@ -78,6 +237,7 @@ def submit(settings: Settings, user_id: int, req: GenerationRequest, client_requ
         guidance=req.guidance,
         seed=req.seed if req.seed is not None else secrets.randbelow(MAX_SEED + 1),
         n_images=req.n_images,
+        sampler=req.sampler,
         price=price,
     )
     try:
@@ -89,15 +249,27 @@ def submit(settings: Settings, user_id: int, req: GenerationRequest, client_requ
                 user_id,
                 price,
                 job_id=job.id,
-                memo=f"{req.n_images} image(s), {req.width}×{req.height}, {req.steps} steps",
+                memo=_memo(req),
             )
-    except IntegrityError:
+    except Exception as exc:  # not created (no credits, a concurrent double submit): drop its inputs
+        for key in (source_key, mask_key):
+            if key:
+                storage.delete(key)
+        if not isinstance(exc, IntegrityError):
+            raise
         existing = _job_by_request(settings, user_id, client_request_id)
         if existing is None:
             raise
         return existing
     enqueue(settings, job)
     return job
+
+
+def _memo(req: GenerationRequest) -> str:
+    what = f"{req.n_images} image(s), {req.width}×{req.height}, {req.steps} steps"
+    if req.mode == "txt2img":
+        return what
+    return f"{MODES[req.mode]}: {what} at strength {req.strength:g}"
 
 
 def _job_by_request(settings: Settings, user_id: int, client_request_id: str) -> Job | None:
@@ -188,11 +360,45 @@ def claim(settings: Settings, job_id: str) -> Job | None:
         return session.get(Job, job_id) if taken else None
 
 
-def report_progress(settings: Settings, job_id: str, step: int) -> None:
+def report_progress(settings: Settings, job_id: str, step: int, preview_key: str | None = None) -> bool:
+    """Record progress (and the latest preview); True if the owner asked to cancel."""
+    values: dict = {"progress_step": step, "heartbeat_at": utcnow()}
+    if preview_key:
+        values["preview_key"] = preview_key
     with transaction(settings) as session:
-        session.execute(
-            update(Job).where(Job.id == job_id, Job.status == RUNNING).values(progress_step=step, heartbeat_at=utcnow())
-        )
+        session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(**values))
+        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+def request_cancel(settings: Settings, user_id: int, job_id: str) -> Job:
+    """The owner's Cancel. A queued job is cancelled at once and its credits released;
+    a running one is flagged, and its worker stops at the next step and settles it."""
+    with transaction(settings) as session:
+        job = session.get(Job, job_id)
+        if job is None or job.user_id != user_id:
+            raise NotFound("No such job.")
+        if job.done:
+            return job
+        session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
+        queued = job.status == QUEUED
+    if queued:
+        settle_cancelled(settings, job_id)
+    with transaction(settings) as session:
+        return session.get(Job, job_id)
+
+
+def settle_cancelled(settings: Settings, job_id: str) -> bool:
+    """queued/running → cancelled, releasing the hold: a cancelled job produced no images."""
+    with transaction(settings) as session:
+        done = session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
+            .values(status=CANCELLED, error="Cancelled.", finished_at=utcnow())
+        ).rowcount
+        if done:
+            job = session.get(Job, job_id)
+            ledger.release(session, job.user_id, job.price, job_id=job.id, memo="Released: cancelled")
+        return bool(done)
 
 
 def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int, int]]) -> bool:
@@ -230,7 +436,7 @@ def fail(settings: Settings, job_id: str, reason: str) -> None:
     """Mark the job failed and give its held credits back (once)."""
     with transaction(settings) as session:
         job = session.get(Job, job_id)
-        if job is None or job.status in (SUCCEEDED, FAILED):
+        if job is None or job.done:
             return
         job.status = FAILED
         job.error = reason[:2000]

@@ -23,6 +23,15 @@ def image_key(user_id: int, job_id: str, index: int) -> str:
     return f"images/{user_id}/{job_id}/{index}.png"
 
 
+def input_key(user_id: int, job_id: str, name: str) -> str:
+    """A job's input image (``source`` or ``mask``), kept with the job for the worker."""
+    return f"inputs/{user_id}/{job_id}/{name}.png"
+
+
+def preview_key(user_id: int, job_id: str) -> str:
+    return f"previews/{user_id}/{job_id}.jpg"
+
+
 def get_storage(settings: Settings) -> Storage:
     if settings.storage == "s3":
         from app.storage.s3 import S3Storage

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from app.config import Settings
+from app.config import BUILTIN_TINY_MODEL, Settings
 
 
 def _isolated_settings(data_dir: Path, **overrides) -> Settings:
@@ -41,7 +41,9 @@ def new_email() -> Callable[[], str]:
 
 @pytest.fixture
 def settings(tmp_path: Path) -> Settings:
-    return _isolated_settings(tmp_path)
+    """Defaults, but with the built-in tiny test model (sizes 64..256, native 128), whose
+    limits the request-validation tests are written against."""
+    return _isolated_settings(tmp_path, model=BUILTIN_TINY_MODEL)
 
 
 @pytest.fixture(scope="module")

@@ -106,7 +106,18 @@ def test_explicit_broker_url_and_storage_dir_win(monkeypatch, tmp_path):
     assert settings.database_url == f"sqlite:///{tmp_path}/gouache.db"
 
 
-def test_the_builtin_test_model_is_the_default_and_is_small():
+def test_the_committed_demo_model_is_the_default():
+    from app.config import BUILTIN_DEMO_MODEL, DEMO_MODEL_DIR
+
+    settings = Settings()
+    assert settings.model == BUILTIN_DEMO_MODEL and settings.model_is_demo
+    assert (DEMO_MODEL_DIR / "model_index.json").is_file()
+    assert settings.model_default_size == 256 and settings.model_default_steps == 20
+    assert settings.example_prompts
+
+
+def test_the_builtin_test_model_is_small(monkeypatch):
+    monkeypatch.setenv("GOUACHE_MODEL", BUILTIN_TINY_MODEL)
     settings = Settings()
     assert settings.model == BUILTIN_TINY_MODEL
     assert settings.model_is_untrained
