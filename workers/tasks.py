@@ -107,7 +107,7 @@ def run(settings, job):
     source = _open(storage.get(job.source_key))
     mask = _open(storage.get(job.mask_key)).convert("L") if job.mask_key else None
     if job.mode == "upscale":
-        return [(upscale(pipe, source, job, report, common), job.seed)]
+        return [(upscale(settings, pipe, source, job, report, common), job.seed)]
     return pipelines.sample(
         pipe,
         width=job.width,
@@ -122,14 +122,13 @@ def run(settings, job):
     )
 
 
-def upscale(pipe, source, job, report, common):
+def upscale(settings, pipe, source, job, report, common):
     """Resize (Lanczos) to the job's size, then repaint detail with a low-strength
     image-to-image pass, in overlapping tiles no larger than the model's maximum,
     blended where they overlap."""
     from PIL import Image
 
     big = source.convert("RGB").resize((job.width, job.height), Image.Resampling.LANCZOS)
-    settings = get_settings()
     boxes = images.tile_grid(job.width, job.height, settings.model_max_size, service.UPSCALE_OVERLAP)
     out = big.copy()
     for i, box in enumerate(boxes):

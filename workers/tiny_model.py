@@ -50,6 +50,20 @@ def _write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
+def _tiny_vae(sample_size: int):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        sample_size=sample_size,
+    )
+
+
 def build_tiny_pipeline(
     path: Path,
     *,
@@ -68,7 +82,6 @@ def build_tiny_pipeline(
 
     import torch
     from diffusers import (
-        AutoencoderKL,
         EulerDiscreteScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
@@ -86,15 +99,7 @@ def build_tiny_pipeline(
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
         cross_attention_dim=cross_attention_dim,
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=sample_size,
-    )
+    vae = _tiny_vae(sample_size)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file, merges_file = _write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
@@ -141,7 +146,7 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0, sample_size: int = 64
     import tempfile
 
     import torch
-    from diffusers import AutoencoderKL, EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
@@ -161,15 +166,7 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0, sample_size: int = 64
         projection_class_embeddings_input_dim=6 * 8 + 32,  # six size/crop numbers + the pooled text
         cross_attention_dim=64,  # both encoders' hidden states side by side
     )
-    vae = AutoencoderKL(
-        block_out_channels=[32, 64],
-        in_channels=3,
-        out_channels=3,
-        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
-        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
-        latent_channels=4,
-        sample_size=sample_size,
-    )
+    vae = _tiny_vae(sample_size)
     with tempfile.TemporaryDirectory() as tmp:
         vocab_file, merges_file = _write_tokenizer_files(Path(tmp))
         tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
