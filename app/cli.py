@@ -219,6 +219,15 @@ def train_demo(
     n_scenes: int = typer.Option(6000, min=1, help="Training scenes for the UNet (latents computed once)."),
     unet_batch: int = typer.Option(32, min=1),
     vae_batch: int = typer.Option(16, min=1),
+    unet_lr: float = typer.Option(6e-4, min=0, help="Peak learning rate (cosine decay to 10%)."),
+    warmup_steps: int = typer.Option(0, min=0, help="Linear learning-rate warm-up steps."),
+    unet_channels: str = typer.Option("32,64,128,128", help="UNet channels per level, comma-separated."),
+    attention_levels: int = typer.Option(2, min=1, help="Cross-attention in the coarsest N levels."),
+    device: str = typer.Option("auto", help="auto (CUDA when there is a GPU), cpu, cuda or cuda:N."),
+    init_from: str = typer.Option("", help="Continue from an exported model folder: reuse its VAE and text encoder."),
+    continue_unet: bool = typer.Option(False, help="With --init-from: start from its UNet weights too."),
+    time_budget: float = typer.Option(0, min=0, help="Seconds the UNet stage may take (0: unlimited)."),
+    checkpoint_every: int = typer.Option(100, min=1),
 ) -> None:
     """Train the demo model on drawn scenes; run it again to resume after an interruption."""
     import logging
@@ -230,6 +239,14 @@ def train_demo(
     if size % 64:
         typer.secho("--size must be a multiple of 64.", fg="red", err=True)
         raise typer.Exit(2)
+    if continue_unet and not init_from:
+        typer.secho("--continue-unet needs --init-from.", fg="red", err=True)
+        raise typer.Exit(2)
+    try:
+        channels = tuple(int(c) for c in unet_channels.split(","))
+    except ValueError:
+        typer.secho("--unet-channels takes integers such as 32,64,128,128.", fg="red", err=True)
+        raise typer.Exit(2) from None
     cfg = TrainConfig(
         out=Path(out),
         seed=seed,
@@ -240,6 +257,15 @@ def train_demo(
         unet_batch=unet_batch,
         vae_batch=vae_batch,
         vae_crop=min(64, size),
+        unet_lr=unet_lr,
+        warmup_steps=warmup_steps,
+        unet_channels=channels,
+        attention_levels=attention_levels,
+        device=device,
+        init_from=Path(init_from) if init_from else None,
+        init_unet=continue_unet,
+        time_budget_s=time_budget,
+        checkpoint_every=checkpoint_every,
     )
     path = train(cfg)
     typer.echo(f"Model written to {path}. Use it with GOUACHE_MODEL={path.resolve()}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import random
 import time
 from collections.abc import Callable
@@ -61,8 +62,18 @@ class TrainConfig:
     text_trainable: bool = False
     text_token_std: float = 1.0
     text_position_std: float = 0.3
+    warmup_steps: int = 0  # linear learning-rate warm-up (useful when continuing a model)
     checkpoint_every: int = 100
     threads: int = 0  # 0: torch's default
+    # "auto": CUDA when there is a GPU (bf16 autocast for the UNet), else the CPU.
+    device: str = "auto"
+    # Continue from an exported model: reuse its VAE and text encoder (and, with
+    # init_unet, its UNet weights) instead of training them from the seed.
+    init_from: Path | None = None
+    init_unet: bool = False
+    # Seconds the UNet stage may take (0: no limit): after 50 steps the run measures its
+    # pace and lowers unet_steps to fit; the exported recipe records the steps run.
+    time_budget_s: float = 0
     on_progress: Callable[[str, int, int, float], None] | None = field(default=None, repr=False)
 
     @property
@@ -72,6 +83,12 @@ class TrainConfig:
     @property
     def model_dir(self) -> Path:
         return self.out / "model"
+
+    @property
+    def torch_device(self) -> torch.device:
+        if self.device == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device)
 
 
 # ---- 1. tokenizer ---------------------------------------------------------------------------
@@ -194,17 +211,21 @@ def _load(path: Path) -> dict | None:
     return torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
 
 
-def _report(cfg: TrainConfig, stage: str, step: int, total: int, loss: float) -> None:
+def _report(cfg: TrainConfig, stage: str, step: int, total: int, loss: torch.Tensor) -> None:
+    # Reading the loss waits for the device: only when it is shown, so a GPU keeps queueing work.
     if cfg.on_progress:
-        cfg.on_progress(stage, step, total, loss)
+        cfg.on_progress(stage, step, total, loss.item())
     elif step % 50 == 0 or step == total:
-        log.info("%s step %d/%d loss %.4f", stage, step, total, loss)
+        log.info("%s step %d/%d loss %.4f", stage, step, total, loss.item())
 
 
 # ---- 2. VAE -------------------------------------------------------------------------------------
 
 
-def _scene_batch(rng: random.Random, n: int, size: int) -> tuple[torch.Tensor, list[str]]:
+def _scene_batch(
+    rng: random.Random, n: int, size: int, device: torch.device | str = "cpu"
+) -> tuple[torch.Tensor, list[str]]:
+    """``n`` drawn scenes as a [-1, 1] float batch on ``device``, and their captions."""
     import numpy as np
 
     from workers.demo import scenes
@@ -212,16 +233,21 @@ def _scene_batch(rng: random.Random, n: int, size: int) -> tuple[torch.Tensor, l
     images, captions = [], []
     for _ in range(n):
         scene = scenes.sample_scene(rng)
-        image = scenes.render(scene, size=size, rng=rng)
-        images.append(np.asarray(image, dtype=np.float32))
+        images.append(np.asarray(scenes.render(scene, size=size, rng=rng), dtype=np.uint8))
         captions.append(scene.caption())
-    batch = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2) / 127.5 - 1.0
+    # bytes travel to the device; the float conversion happens there
+    batch = torch.from_numpy(np.stack(images)).to(device).permute(0, 3, 1, 2).float() / 127.5 - 1.0
     return batch, captions
 
 
 def train_vae(cfg: TrainConfig):
+    device = cfg.torch_device
+    if cfg.init_from is not None:
+        from diffusers import AutoencoderTiny
+
+        return AutoencoderTiny.from_pretrained(cfg.init_from, subfolder="vae").to(device).eval()
     path = cfg.checkpoints / "vae.pt"
-    vae = make_vae(cfg)
+    vae = make_vae(cfg).to(device)
     opt = torch.optim.AdamW(vae.parameters(), lr=cfg.vae_lr)
     state = _load(path) or {"step": 0}
     if "model" in state:
@@ -231,7 +257,7 @@ def train_vae(cfg: TrainConfig):
     torch.manual_seed(cfg.seed * 1000 + 1 + state["step"])
     vae.train()
     for step in range(state["step"] + 1, cfg.vae_steps + 1):
-        images, _ = _scene_batch(rng, cfg.vae_batch, cfg.size)
+        images, _ = _scene_batch(rng, cfg.vae_batch, cfg.size, device)
         if cfg.vae_crop < cfg.size:
             span, align = cfg.size - cfg.vae_crop + 1, cfg.latent_down
             x0, y0 = rng.randrange(0, span, align), rng.randrange(0, span, align)
@@ -241,7 +267,7 @@ def train_vae(cfg: TrainConfig):
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        _report(cfg, "vae", step, cfg.vae_steps, loss.item())
+        _report(cfg, "vae", step, cfg.vae_steps, loss.detach())
         if step % cfg.checkpoint_every == 0 or step == cfg.vae_steps:
             _save(path, {"step": step, "model": vae.state_dict(), "opt": opt.state_dict()})
     vae.eval()
@@ -258,14 +284,18 @@ def encode_scenes(cfg: TrainConfig, vae) -> dict:
     if cached is not None and cached["n"] == cfg.n_scenes and cached["size"] == cfg.size:
         return cached
     rng = random.Random(cfg.seed * 1000 + 2)
+    device = next(vae.parameters()).device
+    chunk = 32 if device.type == "cpu" else 512  # the same scenes either way: one rng, in order
     latents, captions = [], []
-    for start in range(0, cfg.n_scenes, 32):
-        images, caps = _scene_batch(rng, min(32, cfg.n_scenes - start), cfg.size)
-        latents.append(vae.encode(images).latents)
+    for start in range(0, cfg.n_scenes, chunk):
+        images, caps = _scene_batch(rng, min(chunk, cfg.n_scenes - start), cfg.size, device)
+        latents.append(vae.encode(images).latents.cpu())
         captions += caps
     stacked = torch.cat(latents)
-    # Stable Diffusion's convention: scale latents to unit variance for the UNet.
-    scaling = float(1.0 / stacked.std())
+    if cfg.init_from is not None:  # keep the continued model's latent scale
+        scaling = float(vae.config.scaling_factor)
+    else:  # Stable Diffusion's convention: scale latents to unit variance for the UNet.
+        scaling = float(1.0 / stacked.std())
     data = {"n": cfg.n_scenes, "size": cfg.size, "latents": stacked * scaling, "captions": captions, "scaling": scaling}
     _save(path, data)
     return data
@@ -286,13 +316,45 @@ def _schedule(cfg: TrainConfig) -> dict:
     )
 
 
-def train_unet(cfg: TrainConfig, tokenizer, data: dict):
-    from diffusers import DDPMScheduler
+def _lr(cfg: TrainConfig, step: int) -> float:
+    """Linear warm-up, then cosine decay to 10% at ``unet_steps`` (a resumed run recomputes it)."""
+    warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return cfg.unet_lr * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, step / cfg.unet_steps))))
 
+
+def _caption_context(cfg: TrainConfig, tokenizer, text_encoder, captions: list[str], device):
+    """Token ids (trainable encoder) or the frozen encoder's output, per distinct caption.
+
+    Returns ``(table, index)``: ``table[index[i]]`` is caption ``i``'s entry, and the last
+    row of ``table`` is the empty caption (classifier-free guidance's unconditional branch).
+    """
+    distinct = list(dict.fromkeys(captions))
+    row = {c: i for i, c in enumerate(distinct)}
+    padded = dict(padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt")
+    tokens = tokenizer([*distinct, ""], **padded).input_ids.to(device)
+    index = torch.tensor([row[c] for c in captions], device=device)
+    if cfg.text_trainable:
+        return tokens, index
+    with torch.no_grad():  # a frozen encoder gives each caption the same context every step
+        table = torch.cat([text_encoder(part)[0] for part in tokens.split(1024)])
+    return table, index
+
+
+def train_unet(cfg: TrainConfig, tokenizer, data: dict):
+    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from transformers import CLIPTextModel
+
+    device = cfg.torch_device
     path = cfg.checkpoints / "unet.pt"
     torch.manual_seed(cfg.seed * 1000 + 3)
     unet = make_unet(cfg)
     text_encoder = make_text_encoder(cfg, len(tokenizer.get_vocab()))
+    if cfg.init_from is not None:
+        text_encoder = CLIPTextModel.from_pretrained(cfg.init_from, subfolder="text_encoder")
+        if cfg.init_unet:
+            unet = UNet2DConditionModel.from_pretrained(cfg.init_from, subfolder="unet")
+    unet.to(device)
+    text_encoder.to(device)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.text_trainable else [])
     text_encoder.requires_grad_(cfg.text_trainable)
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
@@ -302,36 +364,53 @@ def train_unet(cfg: TrainConfig, tokenizer, data: dict):
         text_encoder.load_state_dict(state["text_encoder"])
         opt.load_state_dict(state["opt"])
     noise_scheduler = DDPMScheduler(**_schedule(cfg))
-    latents, captions = data["latents"], data["captions"]
-    gen = torch.Generator().manual_seed(cfg.seed * 1000 + 4 + state["step"])
-    rng = random.Random(cfg.seed * 1000 + 5 + state["step"])
-    unet.train()
+    alphas = noise_scheduler.alphas_cumprod.to(device)
+    latents = data["latents"].to(device)
     text_encoder.train(cfg.text_trainable)
-    for step in range(state["step"] + 1, cfg.unet_steps + 1):
-        # Cosine decay to 10% over the run; a resumed run picks up the same schedule.
+    table, caption_row = _caption_context(cfg, tokenizer, text_encoder, data["captions"], device)
+    empty_row = table.shape[0] - 1
+    gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + 4 + state["step"])
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
+    unet.train()
+    step, started = state["step"], time.perf_counter()
+    while step < cfg.unet_steps:
+        step += 1
         for group in opt.param_groups:
-            group["lr"] = cfg.unet_lr * (
-                0.1 + 0.9 * 0.5 * (1 + torch.cos(torch.tensor(step / cfg.unet_steps * 3.14159))).item()
-            )
-        idx = torch.randint(0, len(captions), (cfg.unet_batch,), generator=gen)
+            group["lr"] = _lr(cfg, step)
+        idx = torch.randint(0, len(caption_row), (cfg.unet_batch,), generator=gen, device=device)
         x0 = latents[idx]
-        prompts = ["" if rng.random() < cfg.caption_dropout else captions[i] for i in idx.tolist()]
-        tokens = tokenizer(
-            prompts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
-        ).input_ids
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen)
-        noisy = noise_scheduler.add_noise(x0, noise, t)
-        with torch.set_grad_enabled(cfg.text_trainable):
-            context = text_encoder(tokens)[0]
-        pred = unet(noisy, t, encoder_hidden_states=context).sample
-        target = noise_scheduler.get_velocity(x0, noise, t) if cfg.prediction_type == "v_prediction" else noise
-        loss = F.mse_loss(pred, target)
+        # drawn on the device: a host-to-device copy each step would wait for the queued work
+        dropped = torch.rand(cfg.unet_batch, generator=gen, device=device) < cfg.caption_dropout
+        rows = torch.where(dropped, empty_row, caption_row[idx])
+        noise = torch.randn(x0.shape, generator=gen, device=device)
+        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=device)
+        a = alphas[t].sqrt().view(-1, 1, 1, 1)
+        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
+        noisy = a * x0 + s * noise
+        target = a * noise - s * x0 if cfg.prediction_type == "v_prediction" else noise
+        with autocast:
+            if cfg.text_trainable:
+                context = text_encoder(table[rows])[0]
+            else:
+                context = table[rows]
+            pred = unet(noisy, t, encoder_hidden_states=context).sample
+        loss = F.mse_loss(pred.float(), target)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        _report(cfg, "unet", step, cfg.unet_steps, loss.item())
+        if cfg.time_budget_s and step == state["step"] + 20:  # the first steps warm up (kernels, caches)
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            paced = time.perf_counter()
+        if cfg.time_budget_s and step == state["step"] + 70:
+            torch.cuda.synchronize() if device.type == "cuda" else None
+            now = time.perf_counter()
+            pace = (now - paced) / 50
+            fits = step + int((cfg.time_budget_s - (now - started)) / pace)
+            if fits < cfg.unet_steps:
+                log.info("%.1f ms per step: %d UNet steps fit the time budget", pace * 1000, fits)
+                cfg.unet_steps = max(step, fits)
+        _report(cfg, "unet", step, cfg.unet_steps, loss.detach())
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
             _save(
                 path,
@@ -342,8 +421,8 @@ def train_unet(cfg: TrainConfig, tokenizer, data: dict):
                     "opt": opt.state_dict(),
                 },
             )
-    unet.eval()
-    text_encoder.eval()
+    unet.eval().to("cpu")
+    text_encoder.eval().to("cpu")
     return unet, text_encoder
 
 
@@ -369,7 +448,10 @@ def export(cfg: TrainConfig, tokenizer, vae, unet, text_encoder, scaling: float)
     cfg.model_dir.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(cfg.model_dir, safe_serialization=True)
     # the recipe, without the machine's own paths
-    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("on_progress", "out")}
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("on_progress", "out", "init_from", "device")}
+    recipe["device"] = cfg.torch_device.type
+    if cfg.init_from is not None:
+        recipe["init_from"] = Path(cfg.init_from).name
     (cfg.model_dir / "training.json").write_text(json.dumps(recipe, indent=2))
     return cfg.model_dir
 
@@ -384,6 +466,6 @@ def train(cfg: TrainConfig) -> Path:
     vae = train_vae(cfg)
     data = encode_scenes(cfg, vae)
     unet, text_encoder = train_unet(cfg, tokenizer, data)
-    path = export(cfg, tokenizer, vae, unet, text_encoder, data["scaling"])
+    path = export(cfg, tokenizer, vae.to("cpu"), unet, text_encoder, data["scaling"])
     log.info("trained in %.0f s; model in %s", time.perf_counter() - started, path)
     return path
