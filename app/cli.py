@@ -332,7 +332,8 @@ def main() -> None:
     except ValidationError as e:
         for error in e.errors():
             where = ".".join(str(p) for p in error["loc"])
-            typer.secho(f"Invalid settings{' (' + where + ')' if where else ''}: {error['msg']}", fg="red", err=True)
+            message = error["msg"].removeprefix("Value error, ")
+            typer.secho(f"Invalid settings{' (' + where + ')' if where else ''}: {message}", fg="red", err=True)
         raise SystemExit(2) from None
     cli()
 

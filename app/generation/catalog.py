@@ -202,7 +202,9 @@ def load_file(path: Path) -> Catalog:
     try:
         parsed = _CatalogFile.model_validate(data)
     except ValidationError as e:
-        problems = "; ".join(f"{_where(entries, err['loc'])}: {err['msg']}" for err in e.errors())
+        problems = "; ".join(
+            f"{_where(entries, err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in e.errors()
+        )
         raise CatalogError(f"invalid model catalog {path}: {problems}") from None
     try:
         return Catalog(parsed.models)
