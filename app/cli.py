@@ -19,8 +19,22 @@ credits_cli = typer.Typer(help="Credits: grant them, look up a balance, audit th
 cli.add_typer(credits_cli, name="credits")
 
 
-def _worker_argv(queues: str | None, loglevel: str) -> list[str]:
+def _model_queues(models: str | None) -> str:
+    """The queues of the catalog models named in ``models`` (comma-separated ids; all
+    of them when empty); exit 2 naming an unknown id."""
     settings = get_settings()
+    catalog = settings.catalog
+    ids = [m.strip() for m in (models or "").split(",") if m.strip()] or catalog.ids
+    unknown = [i for i in ids if i not in catalog.ids]
+    if unknown:
+        typer.secho(
+            f"Unknown model(s) {', '.join(unknown)}; the catalog has: {', '.join(catalog.ids)}.", fg="red", err=True
+        )
+        raise typer.Exit(2)
+    return ",".join(catalog.get(i).queue(settings.queue) for i in dict.fromkeys(ids))
+
+
+def _worker_argv(queues: str | None, loglevel: str, models: str | None = None) -> list[str]:
     return [
         "worker",
         "--pool",
@@ -28,7 +42,7 @@ def _worker_argv(queues: str | None, loglevel: str) -> list[str]:
         "--concurrency",
         "1",
         "--queues",
-        queues or settings.queue,
+        queues or _model_queues(models),
         "--loglevel",
         loglevel,
         "--without-gossip",
@@ -140,7 +154,9 @@ def generate(
     out: str = typer.Option(
         "gouache.png", "--out", "-o", help="Where to write the PNG (several images: -1, -2 ... suffixes)."
     ),
-    model: str = typer.Option(None, help="A hub id or local diffusers folder (default: the configured model)."),
+    model: str = typer.Option(
+        None, help="A catalog model id, a hub id or a local diffusers folder (default: the catalog's first model)."
+    ),
     negative: str = typer.Option("", "--negative", help="Negative prompt."),
     steps: int = typer.Option(None, min=1, max=500, help="Sampling steps (default: the model's)."),
     width: int = typer.Option(None, min=64, max=4096, help="Width in pixels (the model's size multiple)."),
@@ -161,10 +177,13 @@ def generate(
     from workers import pipelines
 
     settings = get_settings()
-    width = width or settings.model_default_size
-    height = height or settings.model_default_size
-    guidance = settings.model_default_guidance if guidance is None else guidance
-    steps = steps or settings.model_default_steps
+    spec = settings.catalog.find(model) if model else settings.catalog.default
+    ref = spec.source if spec else model
+    width = width or (spec.default_size if spec else settings.model_default_size)
+    height = height or (spec.default_size if spec else settings.model_default_size)
+    if guidance is None:
+        guidance = spec.default_guidance if spec else settings.model_default_guidance
+    steps = steps or (spec.default_steps if spec else settings.model_default_steps)
     try:
         sampler = parse_sampler(sampler)
     except UserError as e:
@@ -172,7 +191,7 @@ def generate(
         raise typer.Exit(2) from None
     seed = secrets.randbelow(2**32) if seed is None else seed
     started = time.perf_counter()
-    pipe = pipelines.load(settings, model or settings.model)
+    pipe = pipelines.load(settings, ref)
     loaded = time.perf_counter()
     multiple = pipelines.size_multiple(pipe)
     if width % multiple or height % multiple:
@@ -202,7 +221,7 @@ def generate(
             seed=image_seed,
             width=image.width,
             height=image.height,
-            model=model or settings.model_name,
+            model=spec.name if spec else model,
         )
         path.write_bytes(metadata.png_bytes(image, params))
         typer.echo(f"{path}  seed {image_seed}  {image.width}×{image.height}")
@@ -289,15 +308,19 @@ def web(host: str = "127.0.0.1", port: int = 8000) -> None:
 
 @cli.command()
 def worker(
-    queues: str = typer.Option(None, help="Comma-separated queues to consume (default: the configured queue)."),
+    models: str = typer.Option(
+        None, help="Comma-separated catalog model ids to serve (default: every model in the catalog)."
+    ),
+    queues: str = typer.Option(None, help="Comma-separated Celery queues to consume instead of --models' queues."),
     loglevel: str = "INFO",
 ) -> None:
-    """Run one generation worker (one job at a time, model kept loaded)."""
+    """Run one generation worker (one job at a time; the models it served kept loaded
+    within GOUACHE_WORKER_MODEL_MEMORY_MB)."""
     from workers.celery_app import app as celery_app
     from workers.celery_app import ensure_data_dir
 
     ensure_data_dir(get_settings())
-    celery_app.worker_main(argv=_worker_argv(queues, loglevel))
+    celery_app.worker_main(argv=_worker_argv(queues, loglevel, models))
 
 
 @cli.command()
@@ -328,6 +351,16 @@ def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for t
 
 
 def main() -> None:
+    from pydantic import ValidationError
+
+    try:
+        get_settings()  # a bad setting or catalog file: its message, not a traceback
+    except ValidationError as e:
+        for error in e.errors():
+            where = ".".join(str(p) for p in error["loc"])
+            message = error["msg"].removeprefix("Value error, ")
+            typer.secho(f"Invalid settings{' (' + where + ')' if where else ''}: {message}", fg="red", err=True)
+        raise SystemExit(2) from None
     cli()
 
 

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PrivateAttr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from app.generation.catalog import Catalog
 
 # The demo model trained by `gouache train-demo` and committed under models/: the default.
 BUILTIN_DEMO_MODEL = "builtin:demo"
@@ -92,7 +95,14 @@ class Settings(BaseSettings):
     stripe_api_base: str = ""  # only to point the stripe library at a local test server
     stripe_webhook_tolerance_s: int = Field(default=300, ge=1)
 
-    # The model (a hub id, a local diffusers folder, or the built-in test model)
+    # The models users can pick: a TOML catalog file (app/generation/catalog.py,
+    # docs/catalog.example.toml). Without one, the catalog is the one model below.
+    model_catalog: Path | None = None
+    # A worker serving several models keeps the pipelines it loaded, least recently used
+    # evicted first, within this many MB of weights (0: no limit).
+    worker_model_memory_mb: int = Field(default=0, ge=0)
+
+    # The model when there is no catalog (a hub id, a local diffusers folder, or a built-in model)
     model: str = BUILTIN_DEMO_MODEL
     model_name: str = ""
     model_default_size: int = Field(default=0, ge=0)
@@ -117,6 +127,8 @@ class Settings(BaseSettings):
     # not picked up for this long has no worker. Either is failed and refunded.
     job_stale_after_s: int = Field(default=600, ge=10)
     job_queue_timeout_s: int = Field(default=3600, ge=10)
+
+    _catalog: Catalog | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
@@ -157,6 +169,23 @@ class Settings(BaseSettings):
         if self.model_default_steps > self.model_max_steps:
             raise ValueError("GOUACHE_MODEL_DEFAULT_STEPS is larger than GOUACHE_MODEL_MAX_STEPS")
         return self
+
+    @model_validator(mode="after")
+    def _load_catalog(self) -> Settings:
+        # Read at startup, so a broken catalog file stops the web process and workers
+        # with a message naming the file and the entry, not the first user's request.
+        from app.generation import catalog
+
+        try:
+            self._catalog = catalog.load(self)
+        except catalog.CatalogError as e:
+            raise ValueError(f"GOUACHE_MODEL_CATALOG: {e}") from None
+        return self
+
+    @property
+    def catalog(self) -> Catalog:
+        """The models users can pick; the first is the default."""
+        return self._catalog
 
     @property
     def stripe_enabled(self) -> bool:

@@ -78,17 +78,20 @@ def settings_env(settings: Settings) -> dict[str, str]:
         GOUACHE_DEVICE="cpu",
         PYTHONUNBUFFERED="1",
     )
+    if settings.model_catalog is not None:
+        env["GOUACHE_MODEL_CATALOG"] = str(settings.model_catalog)
     return env
 
 
 class Worker:
-    """A real `celery worker` process consuming the settings' queue."""
+    """A real `gouache worker` process consuming the queues of the catalog's models
+    (or only of ``models``, comma-separated ids)."""
 
-    def __init__(self, settings: Settings, log_path: Path):
+    def __init__(self, settings: Settings, log_path: Path, models: str | None = None):
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO"],
+            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", *(["--models", models] * bool(models))],
             cwd=REPO_ROOT,
             env=settings_env(settings),
             stdout=self._log,
@@ -118,8 +121,8 @@ class Worker:
 def start_worker(tmp_path) -> Iterator:
     workers: list[Worker] = []
 
-    def start(settings: Settings) -> Worker:
-        worker = Worker(settings, tmp_path / f"worker-{len(workers)}.log")
+    def start(settings: Settings, models: str | None = None) -> Worker:
+        worker = Worker(settings, tmp_path / f"worker-{len(workers)}.log", models)
         workers.append(worker)
         worker.wait_ready()
         return worker

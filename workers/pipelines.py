@@ -1,15 +1,23 @@
-"""Model references → loaded diffusers pipelines, once per worker process.
+"""Model references → loaded diffusers pipelines, kept warm per worker process.
 
 A reference is a hub id (``stabilityai/stable-diffusion-2-1``), a local
-diffusers folder, or the built-in tiny test model, which is built from configs
-on first use and then loaded through exactly the same code as a real model.
+diffusers folder, the committed demo model, or the built-in tiny test model,
+which is built from configs on first use and then loaded through exactly the
+same code as a real model.
+
+A worker serving several catalog models keeps the pipelines it loaded in an LRU
+bounded by ``GOUACHE_WORKER_MODEL_MEMORY_MB``: a pipeline's size is the bytes of its
+parameters and buffers, and least recently used pipelines are dropped until the
+new one fits (the one being loaded always stays, even alone over the budget).
 """
 
 from __future__ import annotations
 
 import fcntl
+import gc
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
@@ -17,7 +25,8 @@ import torch
 from app.config import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR, Settings
 
 log = logging.getLogger(__name__)
-_loaded: dict[str, object] = {}
+_loaded: OrderedDict[str, object] = OrderedDict()  # ref -> pipeline, least recently used first
+_sizes: dict[str, int] = {}  # ref -> bytes
 _lock = threading.Lock()
 
 
@@ -53,21 +62,79 @@ def resolve(settings: Settings, ref: str) -> str:
     return str(path)
 
 
+def pipeline_bytes(pipe) -> int:
+    """The memory a pipeline's weights take: the bytes of every parameter and buffer of
+    its torch modules (each tensor counted once, however many components share it)."""
+    seen: set[int] = set()
+    total = 0
+    for component in pipe.components.values():
+        if not isinstance(component, torch.nn.Module):
+            continue
+        for tensor in (*component.parameters(), *component.buffers()):
+            if id(tensor) not in seen:
+                seen.add(id(tensor))
+                total += tensor.numel() * tensor.element_size()
+    return total
+
+
+def loaded_refs() -> list[str]:
+    """The references of the pipelines this process holds, least recently used first."""
+    with _lock:
+        return list(_loaded)
+
+
+def unload_all() -> None:
+    """Drop every loaded pipeline (tests; a worker keeps them)."""
+    with _lock:
+        _loaded.clear()
+        _sizes.clear()
+    _free_memory()
+
+
+def _free_memory() -> None:
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _evict_for(ref: str, size: int, budget: int) -> None:
+    """Drop least recently used pipelines (never ``ref``) until ``size`` more bytes fit."""
+    evicted = False
+    while budget and _loaded and sum(_sizes.values()) + size > budget:
+        oldest = next(iter(_loaded))
+        if oldest == ref:
+            break
+        log.info("unloading model %s (%.0f MB) to make room", oldest, _sizes[oldest] / 2**20)
+        del _loaded[oldest]
+        del _sizes[oldest]
+        evicted = True
+    if evicted:
+        _free_memory()
+
+
 def load(settings: Settings, ref: str):
-    """The text-to-image pipeline for ``ref``, loaded once and kept warm."""
+    """The text-to-image pipeline for ``ref``: loaded once, then kept warm while the
+    worker's memory budget allows."""
     with _lock:
         pipe = _loaded.get(ref)
-        if pipe is None:
-            from diffusers import AutoPipelineForText2Image
+        if pipe is not None:
+            _loaded.move_to_end(ref)
+            return pipe
+        from diffusers import AutoPipelineForText2Image
 
-            device = pick_device(settings.device)
-            dtype = torch.float16 if device.startswith("cuda") else torch.float32
-            source = resolve(settings, ref)
-            log.info("loading model %s on %s", source, device)
-            pipe = AutoPipelineForText2Image.from_pretrained(source, torch_dtype=dtype)
-            pipe = pipe.to(device)
-            pipe.set_progress_bar_config(disable=True)
-            _loaded[ref] = pipe
+        device = pick_device(settings.device)
+        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        source = resolve(settings, ref)
+        log.info("loading model %s on %s", source, device)
+        # Weights arrive in host memory: measure them, and make room on the device
+        # before moving them there.
+        pipe = AutoPipelineForText2Image.from_pretrained(source, torch_dtype=dtype)
+        size = pipeline_bytes(pipe)
+        _evict_for(ref, size, settings.worker_model_memory_mb * 2**20)
+        pipe = pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        _loaded[ref] = pipe
+        _sizes[ref] = size
         return pipe
 
 

@@ -21,20 +21,31 @@ from workers.celery_app import app
 log = logging.getLogger(__name__)
 
 
+def served_models(settings):
+    """The catalog models whose queues this worker consumes (all of them when it was
+    started without ``--queues``/``--models``), in catalog order."""
+    consumed = {q.name for q in app.amqp.queues.consume_from.values()} if app.amqp.queues.consume_from else None
+    return [m for m in settings.catalog if consumed is None or m.queue(settings.queue) in consumed]
+
+
 @worker_process_init.connect
 def _warm_up(**_kwargs):
-    # Refund jobs orphaned by a worker that died, then load the model now rather
-    # than on the first user's job.
+    # Refund jobs orphaned by a worker that died, then load the first model this
+    # worker serves now rather than on the first user's job.
     settings = get_settings()
     try:
         if reaped := service.reap_stale_jobs(settings):
             log.warning("failed and refunded %d stale job(s)", reaped)
     except Exception:
         log.exception("could not reap stale jobs")
+    served = served_models(settings)
+    log.info("serving models: %s", ", ".join(m.id for m in served) or "none")
+    if not served:
+        return
     try:
-        pipelines.load(settings, settings.model)
+        pipelines.load(settings, served[0].source)
     except Exception:  # a broken model must not stop the worker: jobs will fail with the reason
-        log.exception("could not load model %s at start", settings.model)
+        log.exception("could not load model %s at start", served[0].id)
 
 
 class JobCancelled(Exception):
@@ -74,9 +85,18 @@ def generate(job_id: str) -> None:
             log.warning("could not delete the preview of job %s", job_id, exc_info=True)
 
 
+def model_of(settings, job):
+    """The job's catalog model (by id; rows from before the catalog name its source)."""
+    model = settings.catalog.find(job.model)
+    if model is None:
+        raise LookupError(f"the model {job.model!r} is not in this worker's catalog")
+    return model
+
+
 def run(settings, job):
     """Make the job's images, reporting progress per denoising step."""
-    pipe = pipelines.load(settings, job.model)
+    model = model_of(settings, job)
+    pipe = pipelines.load(settings, model.source)
     log.info(
         "job %s: %s %d×%d, %d steps, %d image(s)", job.id, job.mode, job.width, job.height, job.steps, job.n_images
     )
@@ -107,7 +127,7 @@ def run(settings, job):
     source = _open(storage.get(job.source_key))
     mask = _open(storage.get(job.mask_key)).convert("L") if job.mask_key else None
     if job.mode == "upscale":
-        return [(upscale(settings, pipe, source, job, report, common), job.seed)]
+        return [(upscale(model, pipe, source, job, report, common), job.seed)]
     return pipelines.sample(
         pipe,
         width=job.width,
@@ -122,14 +142,14 @@ def run(settings, job):
     )
 
 
-def upscale(settings, pipe, source, job, report, common):
+def upscale(model, pipe, source, job, report, common):
     """Resize (Lanczos) to the job's size, then repaint detail with a low-strength
     image-to-image pass, in overlapping tiles no larger than the model's maximum,
     blended where they overlap."""
     from PIL import Image
 
     big = source.convert("RGB").resize((job.width, job.height), Image.Resampling.LANCZOS)
-    boxes = images.tile_grid(job.width, job.height, settings.model_max_size, service.UPSCALE_OVERLAP)
+    boxes = images.tile_grid(job.width, job.height, model.max_size, service.UPSCALE_OVERLAP)
     out = big.copy()
     for i, box in enumerate(boxes):
         tile = big.crop(box)
@@ -158,6 +178,7 @@ def _open(data: bytes):
 
 def parameters(settings, job, seed: int) -> metadata.Parameters:
     """What the PNG records about how it was made (AUTOMATIC1111's fields)."""
+    model = settings.catalog.find(job.model)
     return metadata.Parameters(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
@@ -167,7 +188,7 @@ def parameters(settings, job, seed: int) -> metadata.Parameters:
         seed=seed,
         width=job.width,
         height=job.height,
-        model=settings.model_name if job.model == settings.model else job.model,
+        model=model.name if model else job.model,
         extra=(
             *((("Denoising strength", f"{job.strength:g}"), ("Mode", job.mode)) if job.strength is not None else ()),
             ("Licence", job.licence or "unspecified"),

@@ -33,7 +33,8 @@ def price_per_image(settings: Settings, *, width: int, height: int, steps: int, 
 def price(
     settings: Settings, *, width: int, height: int, steps: int, n_images: int, multiplier: float | None = None
 ) -> int:
-    """Credits for a request of ``n_images`` images of ``width``×``height`` at ``steps``."""
+    """Credits for a request of ``n_images`` images of ``width``×``height`` at ``steps``, at a
+    model's price ``multiplier`` (default: the catalog's default model's)."""
     if multiplier is None:
-        multiplier = settings.model_price_multiplier
+        multiplier = settings.catalog.default.price_multiplier
     return n_images * price_per_image(settings, width=width, height=height, steps=steps, multiplier=multiplier)

@@ -28,6 +28,7 @@ def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(re
     with transaction(get_app_settings(request)) as session:
         image = service.get_image(session, user.id, image_id)
     settings = get_app_settings(request)
+    model = settings.catalog.find(image.job.model)  # None: a model no longer offered
     n = min(4, settings.max_images_per_job)
     prices = {}
     for key, fields in (
@@ -37,7 +38,8 @@ def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(re
         ("up4", {"mode": "upscale", "upscale": 4}),
     ):
         try:  # the price on each button, from the same function that charges it
-            prices[key] = quote_form(settings, user.id, {**fields, "source_image": image.id, "steps": image.job.steps})
+            fields = {**fields, "source_image": image.id, "steps": image.job.steps, "model": model.id if model else ""}
+            prices[key] = quote_form(settings, user.id, fields)
         except UserError:
             prices[key] = None  # e.g. an upscale past the size limit: the button is disabled
     return render(
@@ -45,6 +47,7 @@ def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(re
         "gallery/detail.html",
         image=image,
         job=image.job,
+        model=model,
         prices=prices,
         variation_n=n,
         samplers=SAMPLERS,

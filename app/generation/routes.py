@@ -31,7 +31,7 @@ def _recent_jobs(request: Request, user: CurrentUser) -> list[tuple[Job, list]]:
 
 
 FORM_FIELDS = (
-    "prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n", "sampler",
+    "model", "prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n", "sampler",
     "mode", "strength", "source_image", "variation", "upscale",
     "extend_left", "extend_right", "extend_top", "extend_bottom",
 )  # fmt: skip
@@ -39,10 +39,16 @@ FORM_FIELDS = (
 
 def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> dict[str, Any]:
     settings = get_app_settings(request)
-    presets = service.size_presets(settings)
+    catalog = settings.catalog
+    try:
+        model = catalog.get(form.get("model"))
+    except UserError:  # a stale link to a model no longer offered: show the default
+        model = catalog.default
+    form["model"] = model.id
+    presets = service.size_presets(model)
     form.setdefault("size", presets[0].value)
-    form.setdefault("steps", settings.model_default_steps)
-    form.setdefault("guidance", settings.model_default_guidance)
+    form.setdefault("steps", model.default_steps)
+    form.setdefault("guidance", model.default_guidance)
     form.setdefault("n", 1)
     form.setdefault("sampler", schemas.DEFAULT_SAMPLER)
     form.setdefault("mode", "txt2img")
@@ -63,6 +69,8 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
         price = None
     return {
         "form": form,
+        "model": model,
+        "catalog": catalog,
         "source": source,
         "presets": presets,
         "samplers": schemas.SAMPLERS,
@@ -207,6 +215,7 @@ def job_out(request: Request, job: Job, images) -> schemas.JobOut:
         strength=job.strength,
         preview_url=str(request.url_for("job_preview", job_id=job.id)) if job.preview_key and not job.done else None,
         model=job.model,
+        licence=job.licence,
         price=job.price,
         error=job.error,
         created_at=job.created_at,
@@ -222,6 +231,12 @@ def job_out(request: Request, job: Job, images) -> schemas.JobOut:
             for i in images
         ],
     )
+
+
+@api.get("/models")
+def api_models(request: Request) -> list[schemas.ModelOut]:
+    """The models on offer (the first is the default), with their limits and licences."""
+    return [schemas.ModelOut.from_spec(m) for m in get_app_settings(request).catalog]
 
 
 @api.get("/quote")

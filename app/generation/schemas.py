@@ -16,6 +16,7 @@ from pydantic import BaseModel
 from app.config import Settings
 from app.errors import UserError
 from app.generation import prompt_params
+from app.generation.catalog import ModelSpec
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE = 64
@@ -72,6 +73,7 @@ class Extend:
 
 @dataclass(frozen=True, kw_only=True)
 class QuoteRequest:
+    model: str  # a catalog id
     width: int
     height: int
     steps: int
@@ -125,19 +127,19 @@ def _in_range(value: int | float, lo: int | float, hi: int | float, field: str, 
         raise UserError(f"{label} must be between {_number(lo)} and {_number(hi)}.", field=field)
 
 
-def size_for_aspect(settings: Settings, aw: int, ah: int) -> tuple[int, int]:
+def size_for_aspect(model: ModelSpec, aw: int, ah: int) -> tuple[int, int]:
     """A width and height of ratio ``aw:ah`` with about the model's native pixel count,
     in the model's size multiple and within its limits."""
-    base, m = settings.model_default_size, settings.model_size_multiple
+    base, m = model.default_size, model.size_multiple
     scale = (base * base / (aw * ah)) ** 0.5
     scale = max(scale, MIN_SIZE / min(aw, ah))  # the short side at least MIN_SIZE ...
-    scale = min(scale, settings.model_max_size / max(aw, ah))  # ... and the long one within the limit
-    w = max(MIN_SIZE, min(settings.model_max_size // m * m, round(aw * scale / m) * m))
-    h = max(MIN_SIZE, min(settings.model_max_size // m * m, round(ah * scale / m) * m))
+    scale = min(scale, model.max_size / max(aw, ah))  # ... and the long one within the limit
+    w = max(MIN_SIZE, min(model.max_size // m * m, round(aw * scale / m) * m))
+    h = max(MIN_SIZE, min(model.max_size // m * m, round(ah * scale / m) * m))
     return w, h
 
 
-def _aspect(value: Any, settings: Settings) -> tuple[int, int]:
+def _aspect(value: Any, model: ModelSpec) -> tuple[int, int]:
     text = str(value).strip()
     a, sep, b = text.partition(":")
     try:
@@ -148,31 +150,31 @@ def _aspect(value: Any, settings: Settings) -> tuple[int, int]:
         raise UserError(f"Aspect ratio must look like 16:9 (got {text!r}).", field="aspect")
     if max(aw / ah, ah / aw) > MAX_ASPECT:
         raise UserError(f"This model can't make {aw}:{ah} images; choose a ratio between 1:4 and 4:1.", field="aspect")
-    w, h = size_for_aspect(settings, aw, ah)
+    w, h = size_for_aspect(model, aw, ah)
     if abs((w / h) / (aw / ah) - 1) > 0.1:  # clamped to the model's limits: the ratio is lost
         raise UserError(
-            f"This model can't make {aw}:{ah} images within its {settings.model_max_size}-pixel limit.",
+            f"This model can't make {aw}:{ah} images within its {model.max_size}-pixel limit.",
             field="aspect",
         )
     return w, h
 
 
-def _size(data: Mapping[str, Any], settings: Settings) -> tuple[int, int]:
+def _size(data: Mapping[str, Any], model: ModelSpec) -> tuple[int, int]:
     if not _blank(data.get("aspect")):
-        return _aspect(data["aspect"], settings)
+        return _aspect(data["aspect"], model)
     size = data.get("size")
     if not _blank(size):
         w, sep, h = str(size).lower().partition("x")
         if not sep or not w.strip() or not h.strip():
             raise UserError("Size must look like 512x512.", field="size")
         data = {"width": w, "height": h}
-    width = _int(data, "width", "Width", settings.model_default_size)
-    height = _int(data, "height", "Height", settings.model_default_size)
+    width = _int(data, "width", "Width", model.default_size)
+    height = _int(data, "height", "Height", model.default_size)
     for value, field, label in ((width, "width", "Width"), (height, "height", "Height")):
-        _in_range(value, MIN_SIZE, settings.model_max_size, field, label)
-        if value % settings.model_size_multiple:
+        _in_range(value, MIN_SIZE, model.max_size, field, label)
+        if value % model.size_multiple:
             raise UserError(
-                f"{label} must be a multiple of {settings.model_size_multiple} for this model (got {value}).",
+                f"{label} must be a multiple of {model.size_multiple} for this model (got {value}).",
                 field=field,
             )
     return width, height
@@ -230,15 +232,24 @@ def parse_quote(data: Mapping[str, Any], settings: Settings) -> QuoteRequest:
     output's size, which the caller derives from the source image
     (:func:`app.generation.service.output_size`)."""
     data = prompt_params.apply(dict(data))  # "--n 4" in the prompt is priced like the form's 4
+    model = model_for(data, settings)
     modes = _mode_fields(data)
-    width, height = _size(data, settings) if modes["mode"] == "txt2img" else (MIN_SIZE, MIN_SIZE)
-    steps = _int(data, "steps", "Steps", settings.model_default_steps)
-    _in_range(steps, 1, settings.model_max_steps, "steps", "Steps")
+    width, height = _size(data, model) if modes["mode"] == "txt2img" else (MIN_SIZE, MIN_SIZE)
+    steps = _int(data, "steps", "Steps", model.default_steps)
+    _in_range(steps, 1, model.max_steps, "steps", "Steps")
     n = _int(data, "n", "Number of images", 1)
     _in_range(n, 1, settings.max_images_per_job, "n", "Number of images")
     if modes["mode"] == "upscale":
         n = 1  # an upscale makes one image
-    return QuoteRequest(width=width, height=height, steps=steps, n_images=n, **{k: v for k, v in modes.items()})
+    return QuoteRequest(model=model.id, width=width, height=height, steps=steps, n_images=n, **modes)
+
+
+def model_for(data: Mapping[str, Any], settings: Settings) -> ModelSpec:
+    """The catalog model the request names in ``model`` (the default when it names none)."""
+    value = data.get("model")
+    if value is not None and not isinstance(value, str):
+        raise UserError("Model must be a model id, as text.", field="model")
+    return settings.catalog.get(value)
 
 
 def parse_sampler(value: Any) -> str:
@@ -275,7 +286,7 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
     quote = parse_quote(data, settings)
     raw_guidance = data.get("guidance")
     try:
-        guidance = settings.model_default_guidance if _blank(raw_guidance) else float(raw_guidance)
+        guidance = settings.catalog.get(quote.model).default_guidance if _blank(raw_guidance) else float(raw_guidance)
     except (TypeError, ValueError):
         raise UserError("Guidance must be a number.", field="guidance") from None
     if guidance != guidance:  # NaN
@@ -288,6 +299,7 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
     if quote.mode in ("variation", "upscale") and source_image_id is None:
         raise UserError("Choose an image from your gallery.", field="source_image")
     return GenerationRequest(
+        model=quote.model,
         width=quote.width,
         height=quote.height,
         steps=quote.steps,
@@ -303,6 +315,32 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
         seed=seed,
         sampler=parse_sampler(data.get("sampler")),
     )
+
+
+class LicenceOut(BaseModel):
+    name: str
+    url: str
+    commercial_use: bool | None
+
+
+class ModelOut(BaseModel):
+    id: str
+    name: str
+    family: str
+    description: str
+    default_size: int
+    max_size: int
+    size_multiple: int
+    default_steps: int
+    max_steps: int
+    default_guidance: float
+    price_multiplier: float
+    licence: LicenceOut
+
+    @classmethod
+    def from_spec(cls, spec: ModelSpec) -> ModelOut:
+        data = spec.model_dump(include=set(cls.model_fields) - {"licence"})
+        return cls(**data, licence=LicenceOut(**spec.licence.model_dump()))
 
 
 class ImageOut(BaseModel):
@@ -332,6 +370,7 @@ class JobOut(BaseModel):
     strength: float | None
     preview_url: str | None = None
     model: str
+    licence: str
     price: int
     error: str
     created_at: datetime

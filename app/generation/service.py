@@ -18,6 +18,7 @@ from app.errors import NotFound, ServiceUnavailable, UserError
 from app.gallery import service as gallery
 from app.gallery.models import Image
 from app.generation import images
+from app.generation.catalog import ModelSpec
 from app.generation.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
 from app.generation.schemas import (
     MAX_SEED,
@@ -39,23 +40,29 @@ def tiles(settings: Settings, req: QuoteRequest) -> list[tuple[int, int, int, in
     the model's maximum size."""
     if req.mode != "upscale":
         return [(0, 0, req.width, req.height)]
-    return images.tile_grid(req.width, req.height, settings.model_max_size, UPSCALE_OVERLAP)
+    return images.tile_grid(req.width, req.height, settings.catalog.get(req.model).max_size, UPSCALE_OVERLAP)
 
 
 def quote(settings: Settings, req: QuoteRequest) -> int:
     """The price: per tile, of the steps the model really runs (``steps × strength`` for
-    image modes), through the one price function."""
+    image modes), at the model's price multiplier, through the one price function."""
     boxes = tiles(settings, req)
     left, top, right, bottom = boxes[0]
     return len(boxes) * pricing.price(
-        settings, width=right - left, height=bottom - top, steps=req.denoising_steps, n_images=req.n_images
+        settings,
+        width=right - left,
+        height=bottom - top,
+        steps=req.denoising_steps,
+        n_images=req.n_images,
+        multiplier=settings.catalog.get(req.model).price_multiplier,
     )
 
 
 def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, int]) -> tuple[int, int]:
     """The size an image-mode job makes from a source of ``source_size``."""
     w, h = source_size
-    m = settings.model_size_multiple
+    model = settings.catalog.get(req.model)
+    m = model.size_multiple
     if req.mode == "upscale":
         out_w, out_h = w * req.upscale // m * m, h * req.upscale // m * m
         if max(out_w, out_h) > settings.max_upscale_side:
@@ -65,11 +72,11 @@ def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, i
                 field="upscale",
             )
         return out_w, out_h
-    fitted = work_size(settings, (w, h))
+    fitted = work_size(model, (w, h))
     if req.mode == "outpaint":
         e = req.extend
         scale = fitted[0] / w
-        return images.outpaint_size(fitted, _scaled(e, scale), settings.model_max_size, m)
+        return images.outpaint_size(fitted, _scaled(e, scale), model.max_size, m)
     return fitted
 
 
@@ -98,14 +105,14 @@ def quote_form(settings: Settings, user_id: int, data) -> int | None:
     return quote(settings, replace(req, width=width, height=height))
 
 
-def work_size(settings: Settings, size: tuple[int, int]) -> tuple[int, int]:
+def work_size(model: ModelSpec, size: tuple[int, int]) -> tuple[int, int]:
     """The size the model works on a source image at: its own (to the size multiple) when
     the model can make it, else about the model's native pixel count."""
     w, h = size
-    m = settings.model_size_multiple
-    if MIN_SIZE <= min(w, h) and max(w, h) <= settings.model_max_size:
+    m = model.size_multiple
+    if MIN_SIZE <= min(w, h) and max(w, h) <= model.max_size:
         return w // m * m, h // m * m
-    return images.fitted_size((w, h), settings.model_default_size, settings.model_max_size, m)
+    return images.fitted_size((w, h), model.default_size, model.max_size, m)
 
 
 def _scaled(extend: Extend, scale: float) -> Extend:
@@ -141,11 +148,12 @@ def prepare_inputs(
         raise UserError("Describe the image you want in the prompt.", field="prompt")
     width, height = output_size(settings, req, source.size)
     mask = None
-    m = settings.model_size_multiple
+    model = settings.catalog.get(req.model)
+    m = model.size_multiple
     if req.mode == "upscale":
         canvas = source.convert("RGB")
     elif req.mode == "outpaint":
-        fitted = source.convert("RGB").resize(work_size(settings, source.size), images.Image.Resampling.LANCZOS)
+        fitted = source.convert("RGB").resize(work_size(model, source.size), images.Image.Resampling.LANCZOS)
         extend = _scaled(req.extend, fitted.width / source.width)
         canvas, mask = images.outpaint_canvas(fitted, extend, multiple=m)
         if canvas.size != (width, height):  # larger than the model allows: shrink the whole frame
@@ -178,15 +186,15 @@ class SizePreset:
 _ASPECTS = (("Square", 1, 1), ("Landscape", 3, 2), ("Portrait", 2, 3), ("Wide", 16, 9), ("Tall", 9, 16))
 
 
-def size_presets(settings: Settings) -> list[SizePreset]:
+def size_presets(model: ModelSpec) -> list[SizePreset]:
     """Aspect ratio presets with about the model's native pixel count, in the model's size multiple."""
     presets = []
     for name, aw, ah in _ASPECTS:
-        w, h = size_for_aspect(settings, aw, ah)
+        w, h = size_for_aspect(model, aw, ah)
         presets.append(SizePreset(f"{name} {aw}:{ah} — {w}×{h}", w, h))
-    m = settings.model_size_multiple
-    big = min(settings.model_max_size, settings.model_default_size * 2) // m * m
-    if big > settings.model_default_size:
+    m = model.size_multiple
+    big = min(model.max_size, model.default_size * 2) // m * m
+    if big > model.default_size:
         presets.append(SizePreset(f"Large square 1:1 — {big}×{big}", big, big))
     return presets
 
@@ -208,6 +216,7 @@ def submit(
     if existing is not None:
         return existing
     req, source_png, mask_png = prepare_inputs(settings, user_id, req, uploads or {})
+    model = settings.catalog.get(req.model)
     price = quote(settings, req)
     job_id = str(uuid.uuid4())
     storage = get_storage(settings)
@@ -228,7 +237,8 @@ def submit(
         mask_key=mask_key,
         source_image_id=req.source_image_id,
         status=QUEUED,
-        model=settings.model,
+        model=model.id,
+        licence=model.licence.name,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         width=req.width,
@@ -278,10 +288,12 @@ def _job_by_request(settings: Settings, user_id: int, client_request_id: str) ->
 
 
 def enqueue(settings: Settings, job: Job) -> None:
+    """Send the job to its model's queue, which only workers serving that model consume."""
     from workers.celery_app import celery_for
 
+    queue = settings.catalog.get(job.model).queue(settings.queue)
     try:
-        celery_for(settings).send_task("gouache.generate", args=[job.id], queue=settings.queue)
+        celery_for(settings).send_task("gouache.generate", args=[job.id], queue=queue)
     except Exception as exc:  # the broker is down: the user must not pay for a job that never runs
         fail(settings, job.id, "The job could not be queued; no credits were charged. Please try again.")
         raise ServiceUnavailable(

@@ -6,6 +6,21 @@
   "use strict";
   const form = document.getElementById("generate-form");
   if (!form) return;
+  // Choosing another model reloads the form with that model's sizes, steps, guidance and
+  // price, keeping what was typed.
+  const picker = document.getElementById("model-picker");
+  if (picker) {
+    picker.addEventListener("change", function (event) {
+      if (event.target.name !== "model") return;
+      const params = new URLSearchParams({ model: event.target.value });
+      for (const name of ["mode", "prompt", "negative_prompt", "source_image", "sampler", "seed", "n"]) {
+        const field = form.elements[name];
+        const value = field && (field instanceof RadioNodeList ? field.value : field.value);
+        if (value) params.set(name, value);
+      }
+      window.location.assign("/?" + params.toString());
+    });
+  }
   const fileInput = form.querySelector("#image");
   const maskInput = form.querySelector("#mask");
   const editor = document.getElementById("mask-editor");

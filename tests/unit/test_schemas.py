@@ -51,6 +51,7 @@ def test_the_limits_these_tests_assume(settings):
 
 def test_a_valid_form_is_parsed_into_a_typed_request(settings):
     assert parse_request(FORM, settings) == GenerationRequest(
+        model="tiny",  # the catalog's only model, from GOUACHE_MODEL=builtin:tiny-random
         width=256,
         height=192,
         steps=30,
@@ -171,9 +172,9 @@ def test_the_limits_follow_the_settings(make_settings, tmp_path):
 
 def test_a_quote_needs_only_size_steps_and_count(settings):
     assert parse_quote({"size": "256x128", "steps": "10", "n": "3"}, settings) == QuoteRequest(
-        width=256, height=128, steps=10, n_images=3
+        model="tiny", width=256, height=128, steps=10, n_images=3
     )
-    assert parse_quote({}, settings) == QuoteRequest(width=128, height=128, steps=20, n_images=1)
+    assert parse_quote({}, settings) == QuoteRequest(model="tiny", width=128, height=128, steps=20, n_images=1)
 
 
 @pytest.mark.parametrize(
@@ -201,7 +202,7 @@ def test_a_quote_refuses_what_a_request_refuses(settings, data, field):
 )
 def test_every_size_preset_is_one_the_model_accepts(make_settings, tmp_path, overrides):
     settings = make_settings(tmp_path, **overrides)
-    presets = size_presets(settings)
+    presets = size_presets(settings.catalog.default)
     assert presets
     first = presets[0]
     assert (first.width, first.height) == (settings.model_default_size, settings.model_default_size)
@@ -217,7 +218,7 @@ def test_every_size_preset_is_one_the_model_accepts(make_settings, tmp_path, ove
 
 
 def test_the_presets_offer_each_aspect_ratio_near_the_native_pixel_count(settings):
-    presets = {p.label.split()[0]: p for p in size_presets(settings)}
+    presets = {p.label.split()[0]: p for p in size_presets(settings.catalog.default)}
     assert {"Square", "Landscape", "Portrait", "Wide", "Tall"} <= set(presets)
     assert presets["Landscape"].width > presets["Landscape"].height
     assert presets["Portrait"].width < presets["Portrait"].height
@@ -228,7 +229,7 @@ def test_the_presets_offer_each_aspect_ratio_near_the_native_pixel_count(setting
 
 
 def test_a_large_square_is_offered_when_the_model_allows_it(settings):
-    large = size_presets(settings)[-1]
+    large = size_presets(settings.catalog.default)[-1]
     assert large.label.startswith("Large square")
     assert (large.width, large.height) == (256, 256)
 
@@ -252,5 +253,5 @@ def test_settings_that_load_never_make_the_default_or_a_preset_unusable(make_set
     except ValidationError:
         return  # refused at start: fine
     parse_quote({}, settings)
-    for preset in size_presets(settings):
+    for preset in size_presets(settings.catalog.default):
         parse_quote({"size": preset.value}, settings)
