@@ -12,9 +12,10 @@ import logging
 from celery.signals import worker_process_init
 
 from app.config import get_settings
+from app.gallery import thumbnails
 from app.generation import images, metadata, service
 from app.generation.schemas import SAMPLERS
-from app.storage import get_storage, image_key, preview_key
+from app.storage import get_storage, image_key, preview_key, thumbnail_key
 from workers import pipelines
 from workers.celery_app import app
 
@@ -55,11 +56,14 @@ def generate(job_id: str) -> None:
         for index, (image, seed) in enumerate(images):
             key = image_key(job.user_id, job.id, index)
             storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
-            stored.append((key, index, seed, image.width, image.height))
+            thumb = thumbnail_key(job.user_id, job.id, index)  # the gallery's grid shows this small WebP
+            storage.put(thumb, thumbnails.webp(image), "image/webp")
+            stored.append((key, index, seed, image.width, image.height, thumb))
         if not service.succeed(settings, job, stored):
             log.warning("job %s was failed meanwhile; discarding its images", job_id)
-            for key, *_ in stored:
+            for key, *_, thumb in stored:
                 storage.delete(key)
+                storage.delete(thumb)
     except JobCancelled:
         log.info("job %s cancelled by its owner", job_id)
         service.settle_cancelled(settings, job_id)
