@@ -46,13 +46,14 @@ def add_image(
     favourite: bool = False,
     files: bool = True,
     thumbnail: bool = True,
+    colour: tuple[int, int, int] = (200, 80, 40),
 ) -> str:
     """A finished one-image job for ``owner``; returns the image's id."""
     job_id = str(uuid.uuid4())
     width, height = size
     key, thumb = image_key(owner, job_id, 0), thumbnail_key(owner, job_id, 0)
     if files:
-        data = png(size)
+        data = png(size, colour)
         storage = get_storage(settings)
         storage.put(key, data, "image/png")
         if thumbnail:

@@ -68,7 +68,11 @@ class Collection(Base):
 
 class CollectionImage(Base):
     __tablename__ = "collection_images"
+    # A collection's first page is a range scan of its members in the gallery's order
+    # (the image's created_at is copied here; it never changes).
+    __table_args__ = (Index("ix_collection_images_order", "collection_id", "image_created_at", "image_id"),)
 
     collection_id: Mapped[str] = mapped_column(ForeignKey("collections.id", ondelete="CASCADE"), primary_key=True)
     image_id: Mapped[str] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"), primary_key=True, index=True)
+    image_created_at: Mapped[datetime]
     added_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 
-from sqlalchemy import Select, delete, exists, func, literal_column, select, table, true, tuple_, update
+from sqlalchemy import Select, delete, func, literal_column, select, table, true, tuple_, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
@@ -139,9 +139,12 @@ def _search_clause(dialect: str, words: list[str]):
     return Image.job_id.in_(select(Job.id).where(vector.op("@@")(tsquery)))
 
 
-def _filtered(session: Session, user_id: int, filters: Filters) -> Select:
-    """One SELECT of the user's images matching every filter (not yet ordered)."""
+def _filtered(session: Session, user_id: int, filters: Filters) -> tuple[Select, tuple]:
+    """One SELECT of the user's images matching every filter (not yet ordered), and the
+    two columns that order it: the image's (created_at, id), or their copies in the
+    collection's membership rows when showing a collection (so its index serves the order)."""
     query = select(Image).where(Image.user_id == user_id)
+    order = (Image.created_at, Image.id)
     if words := search_words(filters.q):
         query = query.where(_search_clause(session.get_bind().dialect.name, words))
     if filters.model:
@@ -159,10 +162,12 @@ def _filtered(session: Session, user_id: int, filters: Filters) -> Select:
         query = query.where(Image.created_at < end)
     if filters.collection:
         get_collection(session, user_id, filters.collection)  # someone else's: 404
-        query = query.where(
-            exists().where(CollectionImage.collection_id == filters.collection, CollectionImage.image_id == Image.id)
+        query = query.join(
+            CollectionImage,
+            (CollectionImage.image_id == Image.id) & (CollectionImage.collection_id == filters.collection),
         )
-    return query
+        order = (CollectionImage.image_created_at, CollectionImage.image_id)
+    return query, order
 
 
 # ---- keyset pages ----------------------------------------------------------------
@@ -208,14 +213,16 @@ class Page:
         return self.next_cursor is not None
 
 
-def _ordered(query: Select, sort: str, after: Cursor | None, *, backwards: bool = False) -> Select:
+def _ordered(filtered: tuple[Select, tuple], sort: str, after: Cursor | None, *, backwards: bool = False) -> Select:
+    query, (created_at, image_id) = filtered
     newest = (sort == "newest") != backwards
-    key = tuple_(Image.created_at, Image.id)
+    key = tuple_(created_at, image_id)
     if after is not None:
-        query = query.where(key < tuple_(after.created_at, after.id) if newest else key > (after.created_at, after.id))
+        position = tuple_(after.created_at, after.id)
+        query = query.where(key < position if newest else key > position)
     if newest:
-        return query.order_by(Image.created_at.desc(), Image.id.desc())
-    return query.order_by(Image.created_at, Image.id)
+        return query.order_by(created_at.desc(), image_id.desc())
+    return query.order_by(created_at, image_id)
 
 
 def list_images(
@@ -235,7 +242,8 @@ def list_images(
 def neighbours(session: Session, user_id: int, image: Image, filters: Filters) -> tuple[str | None, str | None]:
     """The ids of the images before and after ``image`` in the gallery as filtered (for ←/→)."""
     here = Cursor.of(image)
-    base = _filtered(session, user_id, filters).with_only_columns(Image.id)
+    query, order = _filtered(session, user_id, filters)
+    base = (query.with_only_columns(Image.id), order)
     before = session.scalar(_ordered(base, filters.sort, here, backwards=True).limit(1))
     after = session.scalar(_ordered(base, filters.sort, here).limit(1))
     return before, after
@@ -420,7 +428,8 @@ def delete_collection(session: Session, user_id: int, collection_id: str) -> Non
 def add_to_collection(session: Session, user_id: int, collection_id: str, image_ids: Iterable[str]) -> int:
     """Add the user's images to the user's collection; returns how many were new to it."""
     collection = get_collection(session, user_id, collection_id)
-    ids = [image.id for image in owned_images(session, user_id, image_ids)]
+    images = owned_images(session, user_id, image_ids)
+    ids = [image.id for image in images]
     present = set(
         session.scalars(
             select(CollectionImage.image_id).where(
@@ -428,8 +437,11 @@ def add_to_collection(session: Session, user_id: int, collection_id: str, image_
             )
         )
     )
-    new = [i for i in ids if i not in present]
-    session.add_all(CollectionImage(collection_id=collection.id, image_id=i) for i in new)
+    new = [image for image in images if image.id not in present]
+    session.add_all(
+        CollectionImage(collection_id=collection.id, image_id=image.id, image_created_at=image.created_at)
+        for image in new
+    )
     return len(new)
 
 
@@ -446,10 +458,9 @@ def list_collections(session: Session, user_id: int) -> list[CollectionSummary]:
     members = select(func.count()).where(CollectionImage.collection_id == Collection.id)
     count = members.correlate(Collection).scalar_subquery()
     cover = (
-        select(Image.id)
-        .join(CollectionImage, CollectionImage.image_id == Image.id)
+        select(CollectionImage.image_id)
         .where(CollectionImage.collection_id == Collection.id)
-        .order_by(Image.created_at.desc(), Image.id.desc())
+        .order_by(CollectionImage.image_created_at.desc(), CollectionImage.image_id.desc())
         .limit(1)
         .correlate(Collection)
         .scalar_subquery()

@@ -2,7 +2,8 @@
 
 Images get their thumbnail's key, a favourite flag, and copies of the job's mode and
 model and of their aspect, so that every gallery filter's first page is one index range
-scan over (user_id, value, created_at, id).
+scan over (user_id, value, created_at, id); a collection's members carry their image's
+created_at for the same reason.
 
 Prompt search: on SQLite an FTS5 table ``image_search`` whose rowid is the image's
 rowid, kept by triggers on ``images`` (a later migration that *recreates* ``images``
@@ -66,12 +67,16 @@ def upgrade() -> None:
         "collection_images",
         sa.Column("collection_id", sa.String(length=36), nullable=False),
         sa.Column("image_id", sa.String(length=36), nullable=False),
+        sa.Column("image_created_at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("added_at", sa.DateTime(timezone=True), nullable=False),
         sa.ForeignKeyConstraint(["collection_id"], ["collections.id"], ondelete="CASCADE"),
         sa.ForeignKeyConstraint(["image_id"], ["images.id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("collection_id", "image_id"),
     )
     op.create_index("ix_collection_images_image_id", "collection_images", ["image_id"])
+    op.create_index(
+        "ix_collection_images_order", "collection_images", ["collection_id", "image_created_at", "image_id"]
+    )
 
     if sqlite:
         op.execute("CREATE VIRTUAL TABLE image_search USING fts5(prompt, tokenize='unicode61', prefix='2 3')")
@@ -98,6 +103,7 @@ def downgrade() -> None:
         op.execute("DROP TABLE IF EXISTS image_search")
     else:
         op.execute("DROP INDEX IF EXISTS ix_jobs_prompt_search")
+    op.drop_index("ix_collection_images_order", table_name="collection_images")
     op.drop_index("ix_collection_images_image_id", table_name="collection_images")
     op.drop_table("collection_images")
     op.drop_index("ix_collections_user_id", table_name="collections")
