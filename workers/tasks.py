@@ -56,14 +56,13 @@ def generate(job_id: str) -> None:
         for index, (image, seed) in enumerate(images):
             key = image_key(job.user_id, job.id, index)
             storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
-            thumb = thumbnail_key(job.user_id, job.id, index)  # the gallery's grid shows this small WebP
-            storage.put(thumb, thumbnails.webp(image), "image/webp")
-            stored.append((key, index, seed, image.width, image.height, thumb))
+            stored.append((key, index, seed, image.width, image.height, store_thumbnail(storage, job, index, image)))
         if not service.succeed(settings, job, stored):
             log.warning("job %s was failed meanwhile; discarding its images", job_id)
             for key, *_, thumb in stored:
                 storage.delete(key)
-                storage.delete(thumb)
+                if thumb:
+                    storage.delete(thumb)
     except JobCancelled:
         log.info("job %s cancelled by its owner", job_id)
         service.settle_cancelled(settings, job_id)
@@ -76,6 +75,18 @@ def generate(job_id: str) -> None:
             get_storage(settings).delete(preview_key(job.user_id, job.id))
         except Exception:
             log.warning("could not delete the preview of job %s", job_id, exc_info=True)
+
+
+def store_thumbnail(storage, job, index: int, image) -> str | None:
+    """The gallery grid's small WebP, next to the PNG; its key, or None if it could not be
+    made (the gallery then makes one on first view, so the job need not fail for it)."""
+    key = thumbnail_key(job.user_id, job.id, index)
+    try:
+        storage.put(key, thumbnails.webp(image), "image/webp")
+    except Exception:
+        log.warning("job %s: no thumbnail for image %d", job.id, index, exc_info=True)
+        return None
+    return key
 
 
 def run(settings, job):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from datetime import UTC, datetime
 
@@ -26,9 +27,11 @@ def _gallery_context(request: Request, user: CurrentUser, filters: service.Filte
     settings = get_app_settings(request)
     with transaction(settings) as session:
         page = service.list_images(session, user.id, filters, after)
-        collections = service.list_collections(session, user.id)
+        collections = service.list_collections(session, user.id, summaries=False)
         models = service.model_options(session, user.id)
-    current = next((c for c in collections if c.id == filters.collection), None)
+        current = next((c for c in collections if c.id == filters.collection), None)
+        if current is not None and not after:  # the heading says how many it holds
+            current = dataclasses.replace(current, count=service.collection_size(session, user.id, current.id))
     return dict(
         page=page,
         filters=filters,
@@ -62,7 +65,7 @@ def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(re
     with transaction(settings) as session:
         image = service.get_image(session, user.id, image_id)
         before, after = service.neighbours(session, user.id, image, filters)
-        collections = service.list_collections(session, user.id)
+        collections = service.list_collections(session, user.id, summaries=False)
         member_of = service.collections_of(session, user.id, image.id)
     n = min(4, settings.max_images_per_job)
     prices = {}

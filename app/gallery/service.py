@@ -373,7 +373,7 @@ def delete_images(settings: Settings, user_id: int, image_ids: Iterable[str]) ->
 class CollectionSummary:
     id: str
     name: str
-    count: int
+    count: int | None
     cover_id: str | None
 
 
@@ -453,8 +453,16 @@ def remove_from_collection(session: Session, user_id: int, collection_id: str, i
     )
 
 
-def list_collections(session: Session, user_id: int) -> list[CollectionSummary]:
-    """The user's collections by name, with how many images each holds and its newest image."""
+def list_collections(session: Session, user_id: int, *, summaries: bool = True) -> list[CollectionSummary]:
+    """The user's collections by name, with how many images each holds and its newest image
+    (``summaries=False``: names only, which costs nothing however full they are)."""
+    if not summaries:
+        rows = session.execute(
+            select(Collection.id, Collection.name)
+            .where(Collection.user_id == user_id)
+            .order_by(func.lower(Collection.name))
+        )
+        return [CollectionSummary(id, name, None, None) for id, name in rows]
     members = select(func.count()).where(CollectionImage.collection_id == Collection.id)
     count = members.correlate(Collection).scalar_subquery()
     cover = (
@@ -471,6 +479,11 @@ def list_collections(session: Session, user_id: int) -> list[CollectionSummary]:
         .order_by(func.lower(Collection.name))
     )
     return [CollectionSummary(*row) for row in rows]
+
+
+def collection_size(session: Session, user_id: int, collection_id: str) -> int:
+    collection = get_collection(session, user_id, collection_id)
+    return session.scalar(select(func.count()).where(CollectionImage.collection_id == collection.id)) or 0
 
 
 def collections_of(session: Session, user_id: int, image_id: str) -> set[str]:
