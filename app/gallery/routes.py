@@ -131,7 +131,7 @@ async def _form(request: Request) -> tuple[dict[str, str], list[str]]:
 def _back(request: Request, fields: dict[str, str], default: str = "/gallery") -> RedirectResponse:
     """Back to the page the form was on (only ever a path on this site)."""
     target = fields.get("next") or default
-    if not target.startswith("/") or target.startswith("//"):
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:  # browsers read "/\x" as "//x"
         target = default
     return RedirectResponse(target, status_code=303)
 
@@ -166,8 +166,10 @@ async def image_collections(request: Request, image_id: str, user: CurrentUser =
             service.remove_from_collection(session, user.id, fields.get("collection", ""), [image_id])
         else:
             collection_id = fields.get("collection", "")
-            if not collection_id and fields.get("name"):
+            if not collection_id and fields.get("name", "").strip():
                 collection_id = service.create_collection(session, user.id, fields["name"]).id
+            if not collection_id:
+                raise UserError("Choose a collection, or name a new one.", field="collection")
             service.add_to_collection(session, user.id, collection_id, [image_id])
     return _back(request, fields, f"/gallery/{image_id}")
 

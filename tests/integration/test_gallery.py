@@ -280,6 +280,11 @@ def test_bad_gallery_urls_answer_4xx_with_a_message(settings, make_client):
     assert ada.form("/gallery/bulk", {"action": "explode", "ids": "x"}).status_code == 422
     assert ada.form("/gallery/bulk", {"action": "delete"}).status_code == 422  # nothing selected
     assert ada.form("/collections", {"name": ""}).status_code == 422
+    mine = add_image(settings, user_id(settings, "ada@example.com"), "mine", files=False)
+    assert ada.form(f"/gallery/{mine}/collections", {"name": "  "}).status_code == 422
+    for sneaky in ("//evil.example/x", "/\\evil.example/x", "https://evil.example/"):
+        response = ada.form(f"/gallery/{mine}/favourite", {"favourite": "1", "next": sneaky})
+        assert response.status_code == 303 and response.headers["location"] == f"/gallery/{mine}"
 
 
 def test_another_user_gets_404_for_every_url_and_id(settings, make_client):
