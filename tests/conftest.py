@@ -227,3 +227,4 @@ def run_threads(n: int, target) -> list:
 
 
 from tests.pg import any_db_settings, pg_server, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)
+from tests.s3 import bucket, s3_endpoint  # noqa: E402, F401  (S3 fixtures: moto on loopback)

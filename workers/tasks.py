@@ -12,9 +12,10 @@ import logging
 from celery.signals import worker_process_init
 
 from app.config import get_settings
+from app.gallery import thumbnails
 from app.generation import images, metadata, service
 from app.generation.schemas import SAMPLERS
-from app.storage import get_storage, image_key, preview_key
+from app.storage import get_storage, image_key, preview_key, thumbnail_key
 from workers import pipelines
 from workers.celery_app import app
 
@@ -66,11 +67,13 @@ def generate(job_id: str) -> None:
         for index, (image, seed) in enumerate(images):
             key = image_key(job.user_id, job.id, index)
             storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
-            stored.append((key, index, seed, image.width, image.height))
+            stored.append((key, index, seed, image.width, image.height, store_thumbnail(storage, job, index, image)))
         if not service.succeed(settings, job, stored):
             log.warning("job %s was failed meanwhile; discarding its images", job_id)
-            for key, *_ in stored:
+            for key, *_, thumb in stored:
                 storage.delete(key)
+                if thumb:
+                    storage.delete(thumb)
     except JobCancelled:
         log.info("job %s cancelled by its owner", job_id)
         service.settle_cancelled(settings, job_id)
@@ -91,6 +94,18 @@ def model_of(settings, job):
     if model is None:
         raise LookupError(f"the model {job.model!r} is not in this worker's catalog")
     return model
+
+
+def store_thumbnail(storage, job, index: int, image) -> str | None:
+    """The gallery grid's small WebP, next to the PNG; its key, or None if it could not be
+    made (the gallery then makes one on first view, so the job need not fail for it)."""
+    key = thumbnail_key(job.user_id, job.id, index)
+    try:
+        storage.put(key, thumbnails.webp(image), "image/webp")
+    except Exception:
+        log.warning("job %s: no thumbnail for image %d", job.id, index, exc_info=True)
+        return None
+    return key
 
 
 def run(settings, job):

@@ -413,8 +413,8 @@ def settle_cancelled(settings: Settings, job_id: str) -> bool:
         return bool(done)
 
 
-def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int, int]]) -> bool:
-    """Record the stored images ``(key, index, seed, width, height)`` and capture the charge.
+def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int, int, str | None]]) -> bool:
+    """Record the stored images ``(key, index, seed, width, height, thumbnail key)`` and capture the charge.
 
     Returns False (and records nothing) if the job is no longer running: it was
     failed as stale meanwhile and its credits already went back.
@@ -427,18 +427,9 @@ def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int,
         ).rowcount
         if not done:
             return False
-        for key, index, seed, width, height in images:
+        for key, index, seed, width, height, thumb_key in images:
             session.add(
-                Image(
-                    id=str(uuid.uuid4()),
-                    user_id=job.user_id,
-                    job_id=job.id,
-                    index=index,
-                    storage_key=key,
-                    seed=seed,
-                    width=width,
-                    height=height,
-                )
+                gallery.image_row(job, key=key, thumb_key=thumb_key, index=index, seed=seed, width=width, height=height)
             )
         ledger.capture(session, job.user_id, job_id=job.id)
         return True

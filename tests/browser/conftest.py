@@ -5,6 +5,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -22,6 +24,33 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@contextmanager
+def web_server(settings, log_path: Path) -> Iterator[str]:
+    """uvicorn in its own process on a free port; yields its URL once it accepts connections."""
+    port = _free_port()
+    log = open(log_path, "w")
+    web = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "web", "--port", str(port)],
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        web.terminate()
+        web.wait(timeout=10)
+        log.close()
+
+
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, tiny_model):
     """uvicorn and a Celery worker as separate processes, like `gouache dev`."""
@@ -30,29 +59,10 @@ def live_server(tmp_path_factory, tiny_model):
     tmp = tmp_path_factory.mktemp("live")
     settings = migrated(make_settings(tmp / "data", tiny_model))
     worker = Worker(settings, tmp / "worker.log")
-    port = _free_port()
-    log = open(tmp / "web.log", "w")
-    web = subprocess.Popen(
-        [sys.executable, "-m", "app.cli", "web", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=settings_env(settings),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.1)
-    worker.wait_ready()
-    yield url
-    web.terminate()
-    web.wait(timeout=10)
-    worker.stop()
-    log.close()
+    with web_server(settings, tmp / "web.log") as url:
+        worker.wait_ready()
+        yield url
+        worker.stop()
 
 
 @pytest.fixture(scope="module")
