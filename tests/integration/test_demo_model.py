@@ -18,7 +18,7 @@ from workers.demo import judge, scenes
 pytestmark = pytest.mark.worker
 
 
-def test_the_demo_model_paints_the_colours_the_prompt_names(tmp_path, make_client, start_worker):
+def test_the_demo_model_paints_what_the_prompt_names(tmp_path, make_client, start_worker):
     settings = migrated(
         make_settings(
             tmp_path / "demo",
@@ -33,8 +33,8 @@ def test_the_demo_model_paints_the_colours_the_prompt_names(tmp_path, make_clien
     client = make_client(settings)
     client.sign_up("painter@example.com")
     prompts = [
-        "a red circle on a blue background",
-        "a yellow square on a black background",
+        "a red circle in the top left on a blue background",
+        "two yellow squares on a black background",
         "a white star on a green background",
     ]
     jobs = [
@@ -50,7 +50,11 @@ def test_the_demo_model_paints_the_colours_the_prompt_names(tmp_path, make_clien
         with transaction(settings) as session:
             key = session.scalar(select(Image.storage_key).where(Image.job_id == job["id"]))
         image = PILImage.open(io.BytesIO(storage.get(key)))
-        # The dominant colour (the background) is the one the prompt names; the bench measures
-        # the rest (the shape's colour and class) over 60 held-out prompts.
-        _, background_ok = judge.colour_match(image, scenes.parse_caption(prompt))
-        assert background_ok, f"{prompt!r}: the background is not {scenes.parse_caption(prompt).background}"
+        # Colours and place, read off the pixels; the bench also judges the shape's class (with
+        # a classifier trained on renders) over 60 held-out prompts. Counts are not asserted:
+        # the judge counts connected patches, and drawn shapes may touch.
+        scene = scenes.parse_caption(prompt)
+        shape_colour_ok, background_ok = judge.colour_match(image, scene)
+        assert background_ok, f"{prompt!r}: the background is not {scene.background}"
+        assert shape_colour_ok, f"{prompt!r}: the shapes are not {scene.colour}"
+        assert judge.position_match(image, scene) in (True, None), f"{prompt!r}: not in the {scene.position}"
