@@ -123,98 +123,33 @@ def search_words(q: str) -> list[str]:
     return re.findall(r"[^\W_]+", q.lower())[:MAX_SEARCH_WORDS]
 
 
-# SQLite's image_search rows are keyed by images.search_key (migration 0005): created_at
-# in microseconds * SLOTS + a slot, so the FTS rowid order is the gallery's order up to
-# images made in the same microsecond.
-SLOTS = 1024
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_fts_key = literal_column("image_search.rowid")
-_search_key = literal_column("images.search_key")
+_fts = table("image_search", literal_column("rowid"))
 
 
-def _bucket(created_at: datetime) -> int:
-    """The lowest search_key an image made at ``created_at`` can have."""
-    return (created_at - _EPOCH) // timedelta(microseconds=1) * SLOTS
-
-
-def _fts_match(user_id: int, words: list[str]) -> str:
-    # FTS5: the owner's token AND every word as a quoted prefix, in the prompt column only
-    prefixes = " ".join(f'"{w}"*' for w in words)
-    return f'owner : "u{user_id}" AND prompt : ({prefixes})'
-
-
-def _fts_keys(match: str, lo: int | None = None, hi: int | None = None) -> Select:
-    keys = select(_fts_key).select_from(table("image_search")).where(literal_column("image_search").op("MATCH")(match))
-    if lo is not None:
-        keys = keys.where(_fts_key >= lo)
-    if hi is not None:
-        keys = keys.where(_fts_key < hi)
-    return keys
-
-
-def _postgres_search(words: list[str]):
-    """Images whose prompt has every word (each as a prefix: "ligh" finds "lighthouse"),
-    on images.search, the prompt's 'simple' tsvector (migration 0005)."""
+def _search_clause(dialect: str, words: list[str]):
+    """Images whose prompt has every word (each as a prefix: "ligh" finds "lighthouse")."""
+    if dialect == "sqlite":
+        match = " ".join(f'"{w}"*' for w in words)  # FTS5: implicit AND of quoted prefix terms
+        matches = literal_column("image_search").op("MATCH")(match)
+        matching = select(literal_column("rowid")).select_from(_fts).where(matches)
+        return literal_column("images.rowid").in_(matching)
+    # SQLite is left as 0004 made it: FTS rows keyed in gallery order, so that a LIMIT
+    # stops the scan, measured slower, because FTS5 (3.40) builds the whole doclist of a
+    # prefix longer than its prefix indexes ("detailed"*) before it yields a row.
+    # PostgreSQL: images.search, the prompt's 'simple' tsvector stored on the image
+    # (migration 0005), so the planner may walk the user's newest images and filter.
     tsquery = func.to_tsquery(literal_column("'simple'::regconfig"), " & ".join(f"{w}:*" for w in words))
     return literal_column("images.search").op("@@")(tsquery)
 
 
-def _sqlite_search(session: Session, user_id: int, words: list[str], filtered, sort: str, after, n: int):
-    """The FTS condition for the first ``n`` images after ``after``, narrowed to the few
-    keys they can have.
-
-    The index is walked in key order (newest first for "newest") together with the other
-    filters until ``n`` images match, so it stops after a page however many match. Keys
-    order images only to the microsecond, so the page is then taken, in the exact
-    (created_at, id) order, from every match in that microsecond or beyond."""
-    match = _fts_match(user_id, words)
-    newest = sort == "newest"
-    lo = hi = None
-    if after is not None:  # images past the cursor have keys below (above) its microsecond's last slot
-        if newest:
-            hi = _bucket(after.created_at) + SLOTS
-        else:
-            lo = _bucket(after.created_at)
-    walk = (
-        _ordered(filtered, sort, after)  # the exact cursor condition too: those keys are the page's
-        .order_by(None)
-        .with_only_columns(_fts_key)
-        .join_from(Image, table("image_search"), _fts_key == _search_key)
-        .where(literal_column("image_search").op("MATCH")(match))
-    )
-    if lo is not None:
-        walk = walk.where(_fts_key >= lo)
-    if hi is not None:
-        walk = walk.where(_fts_key < hi)
-    keys = list(session.scalars(walk.order_by(_fts_key.desc() if newest else _fts_key).limit(n)))
-    if len(keys) < n:  # every match there is
-        return _search_key.in_(keys)
-    last = keys[-1] - keys[-1] % SLOTS
-    if newest:
-        lo = last
-    else:
-        hi = last + SLOTS
-    return _search_key.in_(_fts_keys(match, lo, hi))
-
-
-def _searched(session: Session, user_id: int, filters: Filters, filtered, sort: str, after, n: int):
-    """``filtered`` with the prompt search applied, for the first ``n`` images after ``after``."""
-    words = search_words(filters.q)
-    if not words:
-        return filtered
-    query, order = filtered
-    if session.get_bind().dialect.name == "sqlite":
-        return query.where(_sqlite_search(session, user_id, words, filtered, sort, after, n)), order
-    return query.where(_postgres_search(words)), order
-
-
 def _filtered(session: Session, user_id: int, filters: Filters) -> tuple[Select, tuple]:
-    """One SELECT of the user's images matching every filter but the prompt search (see
-    `_searched`; not yet ordered), and the two columns that order it: the image's
-    (created_at, id), or their copies in the collection's membership rows when showing a
-    collection (so its index serves the order)."""
+    """One SELECT of the user's images matching every filter (not yet ordered), and the
+    two columns that order it: the image's (created_at, id), or their copies in the
+    collection's membership rows when showing a collection (so its index serves the order)."""
     query = select(Image).where(Image.user_id == user_id)
     order = (Image.created_at, Image.id)
+    if words := search_words(filters.q):
+        query = query.where(_search_clause(session.get_bind().dialect.name, words))
     if filters.model:
         query = query.where(Image.model == filters.model)
     if filters.mode:
@@ -302,10 +237,7 @@ def list_images(
     deep, and images made meanwhile never shift a page.
     """
     cursor = Cursor.decode(after) if after else None
-    filtered = _searched(
-        session, user_id, filters, _filtered(session, user_id, filters), filters.sort, cursor, limit + 1
-    )
-    rows = list(session.scalars(_ordered(filtered, filters.sort, cursor).limit(limit + 1)))
+    rows = list(session.scalars(_ordered(_filtered(session, user_id, filters), filters.sort, cursor).limit(limit + 1)))
     next_cursor = Cursor.of(rows[limit - 1]).encode() if len(rows) > limit else None
     return Page(images=rows[:limit], filters=filters, next_cursor=next_cursor)
 
@@ -315,11 +247,8 @@ def neighbours(session: Session, user_id: int, image: Image, filters: Filters) -
     here = Cursor.of(image)
     query, order = _filtered(session, user_id, filters)
     base = (query.with_only_columns(Image.id), order)
-    back = "oldest" if filters.sort == "newest" else "newest"
-    before = session.scalar(_ordered(_searched(session, user_id, filters, base, back, here, 1), back, here).limit(1))
-    after = session.scalar(
-        _ordered(_searched(session, user_id, filters, base, filters.sort, here, 1), filters.sort, here).limit(1)
-    )
+    before = session.scalar(_ordered(base, filters.sort, here, backwards=True).limit(1))
+    after = session.scalar(_ordered(base, filters.sort, here).limit(1))
     return before, after
 
 
