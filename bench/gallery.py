@@ -49,6 +49,8 @@ MODES = [("txt2img", 70), ("img2img", 10), ("inpaint", 5), ("outpaint", 5), ("va
 MODELS = ["models/gouache-demo", "stabilityai/sd-turbo", "runwayml/sd-v1-5"]
 SIZES = [((512, 512), 50), ((512, 768), 25), ((768, 512), 25)]
 SPACING = timedelta(minutes=15)  # 100k images span about three years
+COMMON_RATE, COMMON = 0.5, "highly detailed"  # a word in half the prompts
+RARE_RATE, RARE = 0.01, "kintsugi"  # and one in 1 in 100
 COLLECTION_EVERY = 50  # one image in 50 is in the collection
 FAVOURITE_RATE = 0.03
 
@@ -75,6 +77,10 @@ def seed(settings: Settings, n: int, rng: random.Random) -> dict:
             (width, height) = rng.choices(sizes, size_weights)[0]
             model = rng.choice(MODELS)
             prompt = f"a {rng.choice(SUBJECTS)} {rng.choice(TIMES)}, {rng.choice(STYLES)}"
+            if rng.random() < COMMON_RATE:
+                prompt += f", {COMMON}"
+            if rng.random() < RARE_RATE:
+                prompt += f", {RARE}"
             jobs.append(dict(id=job_id, user_id=owner, client_request_id=job_id, status="succeeded", mode=mode,
                              model=model, prompt=prompt, negative_prompt="", width=width, height=height, steps=20,
                              guidance=5.0, seed=i, n_images=1, sampler="euler", price=1, progress_step=20, error="",
@@ -102,28 +108,37 @@ def queries(info: dict) -> dict[str, dict]:
     return {
         "all (newest)": {},
         "all (oldest)": {"sort": "oldest"},
-        "search 'lighthouse'": {"q": "lighthouse"},
-        "search 'light dusk'": {"q": "light dusk"},
+        "search common (50%)": {"q": "detailed"},
+        "search 'lighthouse' (5%)": {"q": "lighthouse"},
+        "search rare (1%)": {"q": RARE},
+        "search 2 words (0.8%)": {"q": "light dusk"},
         "model": {"model": "runwayml/sd-v1-5"},
         "mode upscale (3%)": {"mode": "upscale"},
         "aspect portrait": {"aspect": "portrait"},
         "favourites (3%)": {"favourites": "1"},
         "date range (3 days)": {"date_from": (middle - timedelta(days=3)).isoformat(), "date_to": middle.isoformat()},
         "collection (2%)": {"collection": info["collection"]},
-        "search 3 words": {"q": "tram dawn pastel"},
+        "search 3 words (0.1%)": {"q": "tram dawn pastel"},
+        "search 2nd page (5%)": {"q": "lighthouse", "page": 2},
         "combined: q+mode+aspect": {"q": "cat", "mode": "img2img", "aspect": "square"},
+        "combined: q+favourites": {"q": "detailed", "favourites": "1"},
     }
 
 
 def time_queries(settings: Settings, info: dict, repeat: int) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {}
     for name, params in queries(info).items():
+        params = dict(params)
         filters = service.parse_filters(params)
+        after = None
+        for _ in range(params.pop("page", 1) - 1):  # a later page: its cursor, untimed
+            with transaction(settings) as session:
+                after = service.list_images(session, info["owner"], filters, after).next_cursor
         samples = []
         for i in range(repeat + 3):
             with transaction(settings) as session:
                 started = time.perf_counter()
-                page = service.list_images(session, info["owner"], filters)
+                page = service.list_images(session, info["owner"], filters, after)
                 elapsed = time.perf_counter() - started
             assert page.images, f"{name}: no images on the first page"
             if i >= 3:  # warm-up runs are not counted

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import re
 import zipfile
 from datetime import UTC, datetime, timedelta
@@ -13,6 +14,7 @@ from pathlib import Path
 
 import boto3
 import pytest
+from alembic import command
 from PIL import Image as PILImage
 from sqlalchemy import select, text
 
@@ -20,7 +22,7 @@ from app.db import transaction
 from app.errors import NotFound, UserError
 from app.gallery import service
 from app.gallery.models import CollectionImage, Image
-from app.migrate import upgrade
+from app.migrate import alembic_config, upgrade
 from app.storage import get_storage
 from tests.conftest import make_settings
 from tests.gallery_data import add_image, png, user_id
@@ -199,6 +201,120 @@ def test_another_users_ids_are_not_found_in_the_service(seeded):
         ):
             with pytest.raises(NotFound):
                 attempt()
+
+
+WORDS = ["lighthouse", "light", "cat", "castle", "dusk", "dawn", "kintsugi"]
+
+
+@pytest.fixture
+def searchable(any_db_settings):
+    """150 images for Ada whose prompts mix common and rare words, made out of order and
+    with runs sharing one created_at (as a job's images may), and Bob's copies of some."""
+    settings = any_db_settings
+    ada, bob = user_id(settings, "ada@example.com"), user_id(settings, "bob@example.com")
+    rng = random.Random(6)
+    made = []  # (created_at, id, prompt, mode, favourite)
+    for n in rng.sample(range(150), 150):
+        words = [w for w in WORDS[:-1] if rng.random() < 0.4] + (["kintsugi"] if n % 37 == 0 else [])
+        prompt = " ".join(["a", *rng.sample(words, len(words)), "painting"])
+        created = T0 + timedelta(seconds=n // 4)  # 4 images in each second
+        mode, favourite = rng.choice(["txt2img", "img2img"]), rng.random() < 0.3
+        image_id = add_image(settings, ada, prompt, mode=mode, favourite=favourite, created_at=created, files=False)
+        made.append((created, image_id, prompt, mode, favourite))
+        if n % 3 == 0:
+            add_image(settings, bob, prompt, mode=mode, created_at=created, files=False)
+    return settings, ada, made
+
+
+def brute_force(made, q="", mode="", favourites=False, sort="newest") -> list[str]:
+    """What the gallery must show: every image filter by filter, in (created_at, id) order."""
+    words = service.search_words(q)
+
+    def matches(prompt: str) -> bool:
+        tokens = re.findall(r"[^\W_]+", prompt.lower())
+        return all(any(t.startswith(w) for t in tokens) for w in words)
+
+    hits = [
+        (created, image_id)
+        for created, image_id, prompt, image_mode, favourite in made
+        if matches(prompt) and (not mode or image_mode == mode) and (not favourites or favourite)
+    ]
+    return [image_id for _, image_id in sorted(hits, reverse=sort == "newest")]
+
+
+SEARCHES = [
+    {"q": "light"},  # common, and a prefix of two words
+    {"q": "kintsugi"},  # rare
+    {"q": "cat dusk"},
+    {"q": "lighthouse castle dawn"},
+    {"q": "ca", "mode": "img2img"},
+    {"q": "dawn", "favourites": "1"},
+    {"q": "light", "sort": "oldest"},
+    {"q": "kintsugi cat", "sort": "oldest", "favourites": "1"},
+    {"q": "zebra"},
+]
+
+
+@pytest.mark.parametrize("params", SEARCHES, ids=[json.dumps(p) for p in SEARCHES])
+@pytest.mark.parametrize("limit", [1, 7, 200])
+def test_search_pages_match_a_brute_force_filter(searchable, params, limit):
+    """Every page of a search, walked with its cursor, is exactly the matching images in
+    order: a common word, a rare one, several words, with other filters, both sorts."""
+    settings, ada, made = searchable
+    filters = service.parse_filters(params)
+    walked, after = [], None
+    with transaction(settings) as session:
+        while True:
+            page = service.list_images(session, ada, filters, after, limit=limit)
+            assert len(page.images) == limit or not page.has_next
+            walked += [image.id for image in page.images]
+            if not page.has_next:
+                break
+            after = page.next_cursor
+    expected = brute_force(made, filters.q, filters.mode, filters.favourites, filters.sort)
+    assert walked == expected
+    assert len(expected) > 0 or params["q"] == "zebra"
+
+
+def test_search_neighbours_match_a_brute_force_filter(searchable):
+    settings, ada, made = searchable
+    filters = service.Filters(q="cat")
+    expected = brute_force(made, "cat")
+    with transaction(settings) as session:
+        for i in (0, 1, len(expected) // 2, len(expected) - 1):
+            image = session.get(Image, expected[i])
+            before = expected[i - 1] if i > 0 else None
+            after = expected[i + 1] if i + 1 < len(expected) else None
+            assert service.neighbours(session, ada, image, filters) == (before, after)
+
+
+def test_deleted_images_leave_the_search(searchable):
+    settings, ada, made = searchable
+    expected = brute_force(made, "light")
+    service.delete_images(settings, ada, expected[:3])
+    assert shown(settings, ada, {i: i for i in expected}, q="light", limit=500) == expected[3:]
+
+
+def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model, request):
+    """0005 down to 0004 and back on both databases: the search finds the same images."""
+    for db in ("sqlite", "postgres"):
+        overrides = {} if db == "sqlite" else {"database_url": request.getfixturevalue("pg_url")}
+        settings = make_settings(tmp_path / db, tiny_model, **overrides)
+        upgrade(settings)
+        ada = user_id(settings, "ada@example.com")
+        ids = [add_image(settings, ada, f"a lighthouse number {n}", created_at=T0, files=False) for n in range(3)]
+        ids.append(add_image(settings, ada, "a cat", created_at=T0 + timedelta(days=1), files=False))
+        expected = sorted(ids[:3], reverse=True)
+        command.downgrade(alembic_config(settings), "0004")
+        with transaction(settings) as session:
+            hits = session.scalars(
+                select(Image.id).where(Image.user_id == ada).order_by(Image.created_at.desc(), Image.id.desc())
+            )
+            assert len(list(hits)) == 4
+        upgrade(settings)
+        assert shown(settings, ada, {i: i for i in ids}, q="lighthouse") == expected, db
+        later = add_image(settings, ada, "a lighthouse, later", created_at=T0 + timedelta(days=2), files=False)
+        assert shown(settings, ada, {i: i for i in [*ids, later]}, q="lighthouse") == [later, *expected], db
 
 
 def test_migrating_an_existing_gallery_fills_the_new_columns_and_the_search(tmp_path, tiny_model, request):
