@@ -207,6 +207,7 @@ def parameters(settings, job, seed: int) -> metadata.Parameters:
         extra=(
             *((("Denoising strength", f"{job.strength:g}"), ("Mode", job.mode)) if job.strength is not None else ()),
             ("Licence", job.licence or "unspecified"),
+            *((("Licence URL", job.licence_url),) if job.licence_url else ()),
             ("Gouache job", job.id),
         ),
     )

@@ -56,7 +56,7 @@ class Licence(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     name: str = Field(min_length=1, max_length=255)  # what jobs.licence records
-    url: str = ""
+    url: str = Field(default="", max_length=512, pattern=r"^(https?://\S+)?$")  # shown as a link
     # None only for a model configured by GOUACHE_MODEL alone, whose licence we do not know.
     commercial_use: bool | None
 

@@ -45,6 +45,16 @@ class Job(Base):
     preview_key: Mapped[str | None] = mapped_column(String(512))
     # The model's licence when the job ran ("CreativeML Open RAIL-M"), kept with its images.
     licence: Mapped[str] = mapped_column(String(255), default="", server_default="")
+    licence_url: Mapped[str] = mapped_column(String(512), default="", server_default="")
+    licence_commercial: Mapped[bool | None] = mapped_column(Boolean)  # None: the catalog did not say
+
+    @property
+    def commercial_label(self) -> str:
+        """What the licence recorded with this job says of commercial use, for people."""
+        if self.licence_commercial is None:
+            return "check the licence before commercial use"
+        return "commercial use allowed" if self.licence_commercial else "commercial use not allowed"
+
     price: Mapped[int] = mapped_column(Integer)
     progress_step: Mapped[int] = mapped_column(Integer, default=0)
     error: Mapped[str] = mapped_column(Text, default="")

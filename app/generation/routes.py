@@ -216,6 +216,8 @@ def job_out(request: Request, job: Job, images) -> schemas.JobOut:
         preview_url=str(request.url_for("job_preview", job_id=job.id)) if job.preview_key and not job.done else None,
         model=job.model,
         licence=job.licence,
+        licence_url=job.licence_url,
+        licence_commercial_use=job.licence_commercial,
         price=job.price,
         error=job.error,
         created_at=job.created_at,

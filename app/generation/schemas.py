@@ -371,6 +371,8 @@ class JobOut(BaseModel):
     preview_url: str | None = None
     model: str
     licence: str
+    licence_url: str
+    licence_commercial_use: bool | None  # None: the model's licence did not say
     price: int
     error: str
     created_at: datetime

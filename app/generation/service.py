@@ -239,6 +239,8 @@ def submit(
         status=QUEUED,
         model=model.id,
         licence=model.licence.name,
+        licence_url=model.licence.url,
+        licence_commercial=model.licence.commercial_use,
         prompt=req.prompt,
         negative_prompt=req.negative_prompt,
         width=req.width,

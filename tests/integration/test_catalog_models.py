@@ -130,6 +130,12 @@ def test_a_job_on_the_second_model_runs_on_its_own_worker_and_records_its_licenc
     assert xl.status_code == sd.status_code == 202
     assert (xl.json()["model"], xl.json()["licence"]) == ("xl", "Research Only Licence")
     assert (sd.json()["model"], sd.json()["licence"]) == ("sd", "CreativeML OpenRAIL-M")
+    # The job keeps its licence's terms, whatever the catalog says later.
+    assert (xl.json()["licence_url"], xl.json()["licence_commercial_use"]) == (
+        "https://example.org/research-licence",
+        False,
+    )
+    assert sd.json()["licence_commercial_use"] is True
 
     done = wait_for_job(ada, xl.json()["id"])
     assert done["status"] == "succeeded", done["error"]

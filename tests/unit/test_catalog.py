@@ -112,6 +112,10 @@ def test_an_entry_without_a_licence_or_with_a_bad_id_is_refused(tmp_path):
     no_licence = '[[models]]\nid = "x"\nname = "X"\nsource = "some/model"\n'
     with pytest.raises(CatalogError, match=r"models\[0\] \(id 'x'\) licence: Field required"):
         load_file(write(tmp_path, no_licence))
+    # the licence link is shown to users: only a web address
+    script_link = no_licence + 'licence = { name = "L", url = "javascript:alert(1)", commercial_use = true }\n'
+    with pytest.raises(CatalogError, match=r"models\[0\] \(id 'x'\) licence.url"):
+        load_file(write(tmp_path, script_link))
     with pytest.raises(CatalogError, match=r"models\[0\] \(id 'Not OK'\) id"):
         load_file(write(tmp_path, ENTRY.format(id="Not OK", extra="")))
 
