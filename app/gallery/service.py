@@ -19,6 +19,8 @@ from urllib.parse import urlencode
 
 from sqlalchemy import Select, delete, func, literal_column, select, table, true, tuple_, update
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import UnaryExpression
 
 from app.config import Settings
 from app.db import transaction
@@ -126,27 +128,37 @@ def search_words(q: str) -> list[str]:
 _fts = table("image_search", literal_column("rowid"))
 
 
+def _fts_match(words: list[str]):
+    """FTS5: the implicit AND of the words as quoted prefix terms."""
+    return literal_column("image_search").op("MATCH")(" ".join(f'"{w}"*' for w in words))
+
+
 def _search_clause(dialect: str, words: list[str]):
     """Images whose prompt has every word (each as a prefix: "ligh" finds "lighthouse")."""
     if dialect == "sqlite":
-        match = " ".join(f'"{w}"*' for w in words)  # FTS5: implicit AND of quoted prefix terms
-        matches = literal_column("image_search").op("MATCH")(match)
+        matches = _fts_match(words)
         matching = select(literal_column("rowid")).select_from(_fts).where(matches)
         return literal_column("images.rowid").in_(matching)
-    # SQLite is left as 0004 made it: FTS rows keyed in gallery order, so that a LIMIT
-    # stops the scan, measured slower, because FTS5 (3.40) builds the whole doclist of a
-    # prefix longer than its prefix indexes ("detailed"*) before it yields a row.
+    # (SQLite pages walk windows of the gallery and check each against this: _window_ids.)
     # PostgreSQL: images.search, the prompt's 'simple' tsvector stored on the image
     # (migration 0005), so the planner may walk the user's newest images and filter.
     tsquery = func.to_tsquery(literal_column("'simple'::regconfig"), " & ".join(f"{w}:*" for w in words))
     return literal_column("images.search").op("@@")(tsquery)
 
 
-def _filtered(session: Session, user_id: int, filters: Filters) -> tuple[Select, tuple]:
+def _unindexed(column):
+    """``+column``: the same value, which SQLite will not look up or order by an index."""
+    return UnaryExpression(column, operator=operators.custom_op("+"))
+
+
+def _filtered(session: Session, user_id: int, filters: Filters, *, from_search: bool = False) -> tuple[Select, tuple]:
     """One SELECT of the user's images matching every filter (not yet ordered), and the
     two columns that order it: the image's (created_at, id), or their copies in the
-    collection's membership rows when showing a collection (so its index serves the order)."""
-    query = select(Image).where(Image.user_id == user_id)
+    collection's membership rows when showing a collection (so its index serves the order).
+    ``from_search`` (SQLite): drive the query from the search's match list, not the
+    user's indexes (for few matches)."""
+    owner = _unindexed(Image.user_id) if from_search else Image.user_id
+    query = select(Image).where(owner == user_id)
     order = (Image.created_at, Image.id)
     if words := search_words(filters.q):
         query = query.where(_search_clause(session.get_bind().dialect.name, words))
@@ -228,6 +240,88 @@ def _ordered(filtered: tuple[Select, tuple], sort: str, after: Cursor | None, *,
     return query.order_by(created_at, image_id)
 
 
+# SQLite search: FTS5 yields its matches in rowid order only, and building the whole
+# match list of a common word costs more the more images match. So a page walks the
+# user's images in gallery order (every other filter and the cursor applied by their
+# index) a window at a time, and keeps the candidates that FTS5 matches within the
+# window's rowid range, a bound FTS5 applies natively. The result never depends on how
+# rowids relate to created_at; only the cost does. When the words turn out rare, the
+# rest comes from the plain query, whose match list is then short.
+WINDOW_FIRST = 4  # the first window: this many candidates per image wanted
+WINDOW_WALK_LIMIT = 256  # candidates walked before the plain query does the rest
+
+
+def _windowed(session: Session, filters: Filters) -> bool:
+    return bool(search_words(filters.q)) and session.get_bind().dialect.name == "sqlite"
+
+
+def _window_ids(
+    session: Session, user_id: int, filters: Filters, cursor: Cursor | None, want: int, *, backwards: bool = False
+) -> list[str]:
+    """The ids of the first ``want`` images after ``cursor`` that match ``filters`` (with
+    search words, on SQLite), in gallery order: exactly what the plain query gives."""
+    plain, order = _filtered(session, user_id, replace(filters, q=""))
+    matches = _fts_match(search_words(filters.q))
+    rowid = literal_column("images.rowid")
+    candidates = (plain.with_only_columns(rowid.label("r"), order[0].label("ca"), order[1].label("id")), order)
+    newest = (filters.sort == "newest") != backwards
+    found: list[str] = []
+    walked, size, position = 0, WINDOW_FIRST * want, cursor
+    while True:
+        window = _ordered(candidates, filters.sort, position, backwards=backwards).limit(size)
+        w = window.cte("w").prefix_with("MATERIALIZED")
+        fts_rowid = literal_column("image_search.rowid")
+        in_range = fts_rowid.between(
+            select(func.min(w.c.r)).scalar_subquery(), select(func.max(w.c.r)).scalar_subquery()
+        )
+        # newest first seeks the doclists from their end (FTS5 seeks forward slowly); the
+        # LIMIT keeps SQLite from dropping that ORDER BY inside IN (...)
+        hits = (
+            select(fts_rowid)
+            .select_from(_fts)
+            .where(matches, in_range)
+            .order_by(fts_rowid.desc() if newest else fts_rowid)
+            .limit(1 << 40)
+        )
+        edge = (w.c.ca, w.c.id) if newest else (w.c.ca.desc(), w.c.id.desc())
+        last = (
+            select(w.c.id, w.c.ca, select(func.count()).select_from(w).scalar_subquery())
+            .order_by(*edge)
+            .limit(1)
+            .subquery()
+        )
+        rows = session.execute(
+            select(w.c.id, w.c.ca, literal_column("-1")).where(w.c.r.in_(hits)).union_all(select(last))
+        ).all()
+        if not rows:
+            return found  # nothing left to walk
+        *hit_rows, (last_id, last_at, count) = rows
+        hit_rows.sort(key=lambda row: (row[1], row[0]), reverse=newest)
+        found += [image_id for image_id, _, _ in hit_rows]
+        walked += count
+        if len(found) >= want or count < size:
+            return found[:want]
+        position = Cursor(last_at, last_id)
+        # size the next window by the density seen so far; too sparse: the plain query
+        density = len(found) / walked
+        needed = int((want - len(found)) / density * 1.25) + 1 if density else WINDOW_WALK_LIMIT + 1
+        if walked + needed > WINDOW_WALK_LIMIT:
+            break
+        size = max(needed, size)
+    if found:
+        # Some matches nearby: walking on through the user's index finds the rest soon.
+        searched, keys = _filtered(session, user_id, filters)
+        keys_searched = (searched.with_only_columns(Image.id), keys)
+    else:
+        # None in the newest windows: the matches are few, so sort FTS5's short match list
+        # rather than walk the user's whole index looking for them (the plan SQLite picks
+        # for an ORDER BY ... LIMIT that an index can serve, hence the unindexed keys).
+        searched, keys = _filtered(session, user_id, filters, from_search=True)
+        keys_searched = (searched.with_only_columns(Image.id), tuple(map(_unindexed, keys)))
+    rest = _ordered(keys_searched, filters.sort, position, backwards=backwards)
+    return found + list(session.scalars(rest.limit(want - len(found))))
+
+
 def list_images(
     session: Session, user_id: int, filters: Filters = Filters(), after: str | None = None, limit: int = PAGE_SIZE
 ) -> Page:
@@ -237,7 +331,13 @@ def list_images(
     deep, and images made meanwhile never shift a page.
     """
     cursor = Cursor.decode(after) if after else None
-    rows = list(session.scalars(_ordered(_filtered(session, user_id, filters), filters.sort, cursor).limit(limit + 1)))
+    if _windowed(session, filters):
+        ids = _window_ids(session, user_id, filters, cursor, limit + 1)
+        found = {image.id: image for image in session.scalars(select(Image).where(Image.id.in_(ids)))}
+        rows = [found[image_id] for image_id in ids]
+    else:
+        query = _ordered(_filtered(session, user_id, filters), filters.sort, cursor)
+        rows = list(session.scalars(query.limit(limit + 1)))
     next_cursor = Cursor.of(rows[limit - 1]).encode() if len(rows) > limit else None
     return Page(images=rows[:limit], filters=filters, next_cursor=next_cursor)
 
@@ -245,6 +345,10 @@ def list_images(
 def neighbours(session: Session, user_id: int, image: Image, filters: Filters) -> tuple[str | None, str | None]:
     """The ids of the images before and after ``image`` in the gallery as filtered (for ←/→)."""
     here = Cursor.of(image)
+    if _windowed(session, filters):
+        before = _window_ids(session, user_id, filters, here, 1, backwards=True)
+        after = _window_ids(session, user_id, filters, here, 1)
+        return (before or [None])[0], (after or [None])[0]
     query, order = _filtered(session, user_id, filters)
     base = (query.with_only_columns(Image.id), order)
     before = session.scalar(_ordered(base, filters.sort, here, backwards=True).limit(1))

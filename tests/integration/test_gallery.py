@@ -276,6 +276,32 @@ def test_search_pages_match_a_brute_force_filter(searchable, params, limit):
     assert len(expected) > 0 or params["q"] == "zebra"
 
 
+@pytest.mark.parametrize("first, walk_limit", [(1, 10_000), (1, 6), (3, 40)], ids=["windows", "plain", "both"])
+@pytest.mark.parametrize("params", SEARCHES, ids=[json.dumps(p) for p in SEARCHES])
+def test_search_windows_of_any_size_give_the_same_pages(searchable, monkeypatch, params, first, walk_limit):
+    """SQLite's windowed search with tiny windows (edges inside runs of one created_at),
+    and with the plain query taking over after a few windows: the same pages."""
+    settings, ada, made = searchable
+    monkeypatch.setattr(service, "WINDOW_FIRST", first)
+    monkeypatch.setattr(service, "WINDOW_WALK_LIMIT", walk_limit)
+    filters = service.parse_filters(params)
+    expected = brute_force(made, filters.q, filters.mode, filters.favourites, filters.sort)
+    walked, after = [], None
+    with transaction(settings) as session:
+        while True:
+            page = service.list_images(session, ada, filters, after, limit=5)
+            walked += [image.id for image in page.images]
+            if not page.has_next:
+                break
+            after = page.next_cursor
+        for i in range(0, len(expected), 7):
+            image = session.get(Image, expected[i])
+            before = expected[i - 1] if i > 0 else None
+            later = expected[i + 1] if i + 1 < len(expected) else None
+            assert service.neighbours(session, ada, image, filters) == (before, later)
+    assert walked == expected
+
+
 def test_search_neighbours_match_a_brute_force_filter(searchable):
     settings, ada, made = searchable
     filters = service.Filters(q="cat")
@@ -296,7 +322,7 @@ def test_deleted_images_leave_the_search(searchable):
 
 
 def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model, request):
-    """0005 down to 0004 and back on both databases: the search finds the same images."""
+    """0007 down to 0004 and back on both databases: the search finds the same images."""
     for db in ("sqlite", "postgres"):
         overrides = {} if db == "sqlite" else {"database_url": request.getfixturevalue("pg_url")}
         settings = make_settings(tmp_path / db, tiny_model, **overrides)
@@ -305,6 +331,8 @@ def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model, 
         ids = [add_image(settings, ada, f"a lighthouse number {n}", created_at=T0, files=False) for n in range(3)]
         ids.append(add_image(settings, ada, "a cat", created_at=T0 + timedelta(days=1), files=False))
         expected = sorted(ids[:3], reverse=True)
+        command.downgrade(alembic_config(settings), "0006")  # 0007 rebuilds SQLite's FTS table
+        assert shown(settings, ada, {i: i for i in ids}, q="lighthou") == expected, db
         command.downgrade(alembic_config(settings), "0004")
         with transaction(settings) as session:
             hits = session.scalars(
@@ -312,6 +340,10 @@ def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model, 
             )
             assert len(list(hits)) == 4
         upgrade(settings)
+        if db == "sqlite":
+            with transaction(settings) as session:
+                fts = session.scalar(text("SELECT sql FROM sqlite_master WHERE name = 'image_search'"))
+            assert "prefix='2 3 4 5 6 7 8'" in fts
         assert shown(settings, ada, {i: i for i in ids}, q="lighthouse") == expected, db
         later = add_image(settings, ada, "a lighthouse, later", created_at=T0 + timedelta(days=2), files=False)
         assert shown(settings, ada, {i: i for i in [*ids, later]}, q="lighthouse") == [later, *expected], db
