@@ -125,32 +125,42 @@ def queries(info: dict) -> dict[str, dict]:
     }
 
 
-def time_queries(settings: Settings, info: dict, repeat: int) -> dict[str, list[float]]:
-    timings: dict[str, list[float]] = {}
-    for name, params in queries(info).items():
-        params = dict(params)
-        filters = service.parse_filters(params)
-        after = None
-        for _ in range(params.pop("page", 1) - 1):  # a later page: its cursor, untimed
-            with transaction(settings) as session:
-                after = service.list_images(session, info["owner"], filters, after).next_cursor
-        samples = []
-        for i in range(repeat + 3):
-            with transaction(settings) as session:
-                started = time.perf_counter()
-                page = service.list_images(session, info["owner"], filters, after)
-                elapsed = time.perf_counter() - started
-            assert page.images, f"{name}: no images on the first page"
-            if i >= 3:  # warm-up runs are not counted
-                samples.append(elapsed * 1000)
-        timings[name] = samples
-    samples = []
-    for _ in range(repeat):
+def time_queries(galleries: list[tuple[Settings, dict]], repeat: int) -> list[dict[str, list[float]]]:
+    """Each query's timings on every gallery, run by turns (small, large, small, ...), so that
+    a busy moment on the machine weighs on both sizes alike."""
+    timings: list[dict[str, list[float]]] = [{} for _ in galleries]
+
+    def first_page(settings, info, filters, after):
         with transaction(settings) as session:
             started = time.perf_counter()
-            service.model_options(session, info["owner"])
-            samples.append((time.perf_counter() - started) * 1000)
-    timings["model list (filter menu)"] = samples
+            page = service.list_images(session, info["owner"], filters, after)
+            return (time.perf_counter() - started) * 1000, page
+
+    def filter_menu(settings, info, _filters, _after):
+        with transaction(settings) as session:
+            started = time.perf_counter()
+            options = service.model_options(session, info["owner"])
+            return (time.perf_counter() - started) * 1000, options
+
+    names = list(queries(galleries[0][1])) + ["model list (filter menu)"]
+    for name in names:
+        runs = []
+        for settings, info in galleries:
+            params = dict(queries(info).get(name, {}))
+            filters = service.parse_filters(params)
+            after = None
+            for _ in range(params.pop("page", 1) - 1):  # a later page: its cursor, untimed
+                with transaction(settings) as session:
+                    after = service.list_images(session, info["owner"], filters, after).next_cursor
+            runs.append((settings, info, filters, after))
+        timed = filter_menu if name == "model list (filter menu)" else first_page
+        for i in range(repeat + 3):
+            for k, (settings, info, filters, after) in enumerate(runs):
+                elapsed, result = timed(settings, info, filters, after)
+                if timed is first_page:
+                    assert result.images, f"{name}: no images on the first page"
+                if i >= 3:  # warm-up runs are not counted
+                    timings[k].setdefault(name, []).append(elapsed)
     return timings
 
 
@@ -168,7 +178,7 @@ def main() -> None:
     rng = random.Random(6)
     tmp = Path(tempfile.mkdtemp(prefix="gouache-bench-"))
     admin = create_engine(args.postgres, isolation_level="AUTOCOMMIT", poolclass=NullPool) if args.postgres else None
-    results, made = {}, []
+    galleries, made = [], []
     try:
         for n in (small, large):
             overrides = {}
@@ -186,7 +196,10 @@ def main() -> None:
                 with transaction(settings) as session:
                     session.connection().exec_driver_sql("ANALYZE")
             print(f"seeded {n:,} images in {time.perf_counter() - started:.1f} s", flush=True)
-            results[n] = time_queries(settings, info, args.repeat)
+            galleries.append((settings, info))
+        small_timings, large_timings = time_queries(galleries, args.repeat)
+        results = {small: small_timings, large: large_timings}
+        for settings, _ in galleries:
             _engine_for(settings.database_url).dispose()
     finally:
         if admin is not None:
