@@ -18,7 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 from urllib.parse import urlencode
 
 from sqlalchemy import Select, delete, func, literal_column, select, table, true, tuple_, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, selectinload
 from sqlalchemy.sql import operators
 from sqlalchemy.sql.elements import UnaryExpression
 
@@ -337,6 +337,10 @@ def list_images(
         rows = [found[image_id] for image_id in ids]
     else:
         query = _ordered(_filtered(session, user_id, filters), filters.sort, cursor)
+        if filters.q:
+            # a search's page loads its jobs (for their prompts) in a second query: joined to
+            # every match, they would be read before the sort picks the page (PostgreSQL's GIN plan)
+            query = query.options(selectinload(Image.job))
         rows = list(session.scalars(query.limit(limit + 1)))
     next_cursor = Cursor.of(rows[limit - 1]).encode() if len(rows) > limit else None
     return Page(images=rows[:limit], filters=filters, next_cursor=next_cursor)
