@@ -55,3 +55,38 @@ def test_an_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     seen.clear()  # "interrupted" after 2 UNet steps; ask for 4: only 3 and 4 run
     train(toy_config(tmp_path / "run", unet_steps=4, on_progress=record))
     assert seen == [("unet", 3), ("unet", 4)]
+
+
+def test_a_time_budget_trims_the_unet_steps_and_the_recipe_says_so(tmp_path):
+    import json
+
+    seen: list[int] = []
+    cfg = toy_config(
+        tmp_path / "run", unet_steps=100_000, time_budget_s=1e-3, on_progress=lambda s, n, *_: seen.append(n)
+    )
+    model = train(cfg)
+    # the pace is measured over steps 20-70; a budget already spent stops the run there
+    assert max(seen) == 70 and cfg.unet_steps == 70
+    assert json.loads((model / "training.json").read_text())["unet_steps"] == 70
+
+
+def test_a_run_continues_an_exported_model_keeping_its_vae_and_text_encoder(tmp_path):
+    import json
+
+    import torch
+    from diffusers import AutoencoderTiny, UNet2DConditionModel
+
+    first = train(toy_config(tmp_path / "first"))
+    second = train(toy_config(tmp_path / "second", init_from=first, init_unet=True, unet_lr=0.0))
+    for a, b in zip(
+        AutoencoderTiny.from_pretrained(first, subfolder="vae").state_dict().values(),
+        AutoencoderTiny.from_pretrained(second, subfolder="vae").state_dict().values(),
+        strict=True,
+    ):
+        assert torch.equal(a, b)  # the VAE was reused, not trained again
+    # with a learning rate of 0 the continued UNet is the first one's
+    first_unet = UNet2DConditionModel.from_pretrained(first, subfolder="unet").state_dict()
+    second_unet = UNet2DConditionModel.from_pretrained(second, subfolder="unet").state_dict()
+    assert all(torch.equal(first_unet[k], second_unet[k]) for k in first_unet)
+    recipe = json.loads((second / "training.json").read_text())
+    assert recipe["init_from"] == "model" and recipe["init_unet"] is True and recipe["device"] == "cpu"

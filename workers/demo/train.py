@@ -316,6 +316,12 @@ def _schedule(cfg: TrainConfig) -> dict:
     )
 
 
+def _wait_for(device: torch.device) -> None:
+    """Let the device finish its queued work (so a clock reading means what it says)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _lr(cfg: TrainConfig, step: int) -> float:
     """Linear warm-up, then cosine decay to 10% at ``unet_steps`` (a resumed run recomputes it)."""
     warm = min(1.0, step / cfg.warmup_steps) if cfg.warmup_steps else 1.0
@@ -400,10 +406,10 @@ def train_unet(cfg: TrainConfig, tokenizer, data: dict):
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if cfg.time_budget_s and step == state["step"] + 20:  # the first steps warm up (kernels, caches)
-            torch.cuda.synchronize() if device.type == "cuda" else None
+            _wait_for(device)
             paced = time.perf_counter()
         if cfg.time_budget_s and step == state["step"] + 70:
-            torch.cuda.synchronize() if device.type == "cuda" else None
+            _wait_for(device)
             now = time.perf_counter()
             pace = (now - paced) / 50
             fits = step + int((cfg.time_budget_s - (now - started)) / pace)
