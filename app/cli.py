@@ -261,6 +261,15 @@ def train_demo(
     if continue_unet and not init_from:
         typer.secho("--continue-unet needs --init-from.", fg="red", err=True)
         raise typer.Exit(2)
+    if init_from and not (Path(init_from) / "model_index.json").is_file():
+        typer.secho(f"--init-from {init_from}: not an exported model folder (no model_index.json).", fg="red", err=True)
+        raise typer.Exit(2)
+    if device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            typer.secho(f"--device {device}: no CUDA GPU is visible here (try --device auto).", fg="red", err=True)
+            raise typer.Exit(2)
     try:
         channels = tuple(int(c) for c in unet_channels.split(","))
     except ValueError:

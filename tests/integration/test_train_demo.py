@@ -90,3 +90,24 @@ def test_a_run_continues_an_exported_model_keeping_its_vae_and_text_encoder(tmp_
     assert all(torch.equal(first_unet[k], second_unet[k]) for k in first_unet)
     recipe = json.loads((second / "training.json").read_text())
     assert recipe["init_from"] == "model" and recipe["init_unet"] is True and recipe["device"] == "cpu"
+
+
+def test_the_command_refuses_bad_options_with_a_message(tmp_path):
+    import torch
+    from typer.testing import CliRunner
+
+    from app.cli import cli
+
+    def run(*args):
+        return CliRunner().invoke(cli, ["train-demo", "--out", str(tmp_path / "run"), *args])
+
+    missing = run("--init-from", str(tmp_path / "nowhere"))
+    assert missing.exit_code == 2 and "not an exported model folder" in missing.output
+    orphan = run("--continue-unet")
+    assert orphan.exit_code == 2 and "--continue-unet needs --init-from" in orphan.output
+    channels = run("--unet-channels", "32,lots")
+    assert channels.exit_code == 2 and "--unet-channels takes integers" in channels.output
+    if not torch.cuda.is_available():
+        gpu = run("--device", "cuda")
+        assert gpu.exit_code == 2 and "no CUDA GPU is visible" in gpu.output
+    assert not (tmp_path / "run").exists()  # refused before anything was written
