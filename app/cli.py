@@ -11,6 +11,7 @@ import uuid
 import typer
 
 from app.config import get_settings
+from app.generation.catalog import CatalogError, from_settings, get_catalog
 
 cli = typer.Typer(help="Gouache: a self-hostable image-generation studio.", no_args_is_help=True)
 db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
@@ -23,7 +24,7 @@ def _model_queues(models: str | None) -> str:
     """The queues of the catalog models named in ``models`` (comma-separated ids; all
     of them when empty); exit 2 naming an unknown id."""
     settings = get_settings()
-    catalog = settings.catalog
+    catalog = get_catalog(settings)
     ids = [m.strip() for m in (models or "").split(",") if m.strip()] or catalog.ids
     unknown = [i for i in ids if i not in catalog.ids]
     if unknown:
@@ -171,19 +172,24 @@ def generate(
     import time
     from pathlib import Path
 
+    from app.enums import SAMPLERS
     from app.errors import UserError
     from app.generation import metadata
-    from app.generation.schemas import SAMPLERS, parse_sampler
+    from app.generation.schemas import parse_sampler
     from workers import pipelines
 
     settings = get_settings()
-    spec = settings.catalog.find(model) if model else settings.catalog.default
-    ref = spec.source if spec else model
-    width = width or (spec.default_size if spec else settings.model_default_size)
-    height = height or (spec.default_size if spec else settings.model_default_size)
+    catalog = get_catalog(settings)
+    # A catalog id, or any model reference with that model's own defaults.
+    spec = (catalog.find(model) if model else catalog.default) or from_settings(
+        settings.model_copy(update={"model": model, "model_name": ""})
+    ).default
+    ref = spec.source
+    width = width or spec.default_size
+    height = height or spec.default_size
     if guidance is None:
-        guidance = spec.default_guidance if spec else settings.model_default_guidance
-    steps = steps or (spec.default_steps if spec else settings.model_default_steps)
+        guidance = spec.default_guidance
+    steps = steps or spec.default_steps
     try:
         sampler = parse_sampler(sampler)
     except UserError as e:
@@ -325,8 +331,8 @@ def worker(
 ) -> None:
     """Run one generation worker (one job at a time; the models it served kept loaded
     within GOUACHE_WORKER_MODEL_MEMORY_MB)."""
+    from app.queue import ensure_data_dir
     from workers.celery_app import app as celery_app
-    from workers.celery_app import ensure_data_dir
 
     ensure_data_dir(get_settings())
     celery_app.worker_main(argv=_worker_argv(queues, loglevel, models))
@@ -363,12 +369,15 @@ def main() -> None:
     from pydantic import ValidationError
 
     try:
-        get_settings()  # a bad setting or catalog file: its message, not a traceback
+        get_catalog(get_settings())  # a bad setting or catalog file: its message, not a traceback
     except ValidationError as e:
         for error in e.errors():
             where = ".".join(str(p) for p in error["loc"])
             message = error["msg"].removeprefix("Value error, ")
             typer.secho(f"Invalid settings{' (' + where + ')' if where else ''}: {message}", fg="red", err=True)
+        raise SystemExit(2) from None
+    except CatalogError as e:
+        typer.secho(f"Invalid settings: {e}", fg="red", err=True)
         raise SystemExit(2) from None
     cli()
 

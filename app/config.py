@@ -10,28 +10,12 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from pydantic import BaseModel, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-if TYPE_CHECKING:
-    from app.generation.catalog import Catalog
-
-# The demo model trained by `gouache train-demo` and committed under models/: the default.
-BUILTIN_DEMO_MODEL = "builtin:demo"
-# An untrained pipeline built from configs on first use (for tests and debugging).
-BUILTIN_TINY_MODEL = "builtin:tiny-random"
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEMO_MODEL_DIR = REPO_ROOT / "models" / "gouache-demo"
-DEMO_GUIDANCE = 5.0  # the guidance scale the demo model's bench scores best at
-DEMO_EXAMPLE_PROMPTS = (
-    "a red circle on a blue background",
-    "two yellow stars on a black background",
-    "a green triangle in the top left on a white background",
-    "three pink squares on a purple background",
-)
 
 
 class CreditPack(BaseModel):
@@ -102,14 +86,16 @@ class Settings(BaseSettings):
     # evicted first, within this many MB of weights (0: no limit).
     worker_model_memory_mb: int = Field(default=0, ge=0)
 
-    # The model when there is no catalog (a hub id, a local diffusers folder, or a built-in model)
-    model: str = BUILTIN_DEMO_MODEL
+    # The model when there is no catalog (a hub id, a local diffusers folder, or a built-in
+    # model: builtin:demo, builtin:tiny-random). 0 or empty: that model's own default
+    # (app/generation/catalog.py, from_settings).
+    model: str = "builtin:demo"
     model_name: str = ""
     model_default_size: int = Field(default=0, ge=0)
     model_max_size: int = Field(default=0, ge=0)
     model_default_steps: int = Field(default=0, ge=0)
     model_max_steps: int = Field(default=100, ge=1)
-    model_default_guidance: float = Field(default=0, ge=0, le=30)  # 0: 7.5 (the demo model: DEMO_GUIDANCE)
+    model_default_guidance: float = Field(default=0, ge=0, le=30)  # 0: 7.5 (the demo model: 5)
     # Width and height must be multiples of this (the VAE's downscale: 8 for Stable Diffusion).
     model_size_multiple: int = Field(default=8, ge=8)
     model_price_multiplier: float = Field(default=1.0, gt=0)
@@ -128,8 +114,6 @@ class Settings(BaseSettings):
     job_stale_after_s: int = Field(default=600, ge=10)
     job_queue_timeout_s: int = Field(default=3600, ge=10)
 
-    _catalog: Catalog | None = PrivateAttr(default=None)
-
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         self.data_dir = self.data_dir.resolve()
@@ -139,53 +123,7 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
         if self.storage_dir is None:
             self.storage_dir = self.data_dir / "objects"
-        builtin = self.model == BUILTIN_TINY_MODEL
-        demo = self.model == BUILTIN_DEMO_MODEL
-        if not self.model_name:
-            if demo:
-                self.model_name = "Gouache demo (shapes and colours)"
-            else:
-                self.model_name = "Tiny random test model (untrained)" if builtin else self.model
-        if not self.model_default_size:
-            self.model_default_size = 256 if demo else 128 if builtin else 512
-        if not self.model_max_size:
-            self.model_max_size = 512 if demo else 256 if builtin else max(768, self.model_default_size)
-        if not self.model_default_guidance:
-            self.model_default_guidance = DEMO_GUIDANCE if demo else 7.5
-        if not self.model_default_steps:
-            self.model_default_steps = 20 if (builtin or demo) else 30
-        multiple = self.model_size_multiple
-        for name in ("model_default_size", "model_max_size"):
-            value = getattr(self, name)
-            if value < 64 or value % multiple:
-                raise ValueError(
-                    f"GOUACHE_{name.upper()} must be a multiple of {multiple} and at least 64 (got {value})"
-                )
-        if self.model_default_size > self.model_max_size:
-            raise ValueError(
-                f"GOUACHE_MODEL_DEFAULT_SIZE ({self.model_default_size}) is larger than "
-                f"GOUACHE_MODEL_MAX_SIZE ({self.model_max_size})"
-            )
-        if self.model_default_steps > self.model_max_steps:
-            raise ValueError("GOUACHE_MODEL_DEFAULT_STEPS is larger than GOUACHE_MODEL_MAX_STEPS")
         return self
-
-    @model_validator(mode="after")
-    def _load_catalog(self) -> Settings:
-        # Read at startup, so a broken catalog file stops the web process and workers
-        # with a message naming the file and the entry, not the first user's request.
-        from app.generation import catalog
-
-        try:
-            self._catalog = catalog.load(self)
-        except catalog.CatalogError as e:
-            raise ValueError(f"GOUACHE_MODEL_CATALOG: {e}") from None
-        return self
-
-    @property
-    def catalog(self) -> Catalog:
-        """The models users can pick; the first is the default."""
-        return self._catalog
 
     @property
     def stripe_enabled(self) -> bool:
@@ -193,18 +131,6 @@ class Settings(BaseSettings):
 
     def pack(self, pack_id: str) -> CreditPack | None:
         return next((p for p in self.credit_packs if p.id == pack_id), None)
-
-    @property
-    def model_is_untrained(self) -> bool:
-        return self.model == BUILTIN_TINY_MODEL
-
-    @property
-    def model_is_demo(self) -> bool:
-        return self.model == BUILTIN_DEMO_MODEL
-
-    @property
-    def example_prompts(self) -> tuple[str, ...]:
-        return DEMO_EXAMPLE_PROMPTS if self.model_is_demo else ()
 
     @property
     def builtin_model_dir(self) -> Path:

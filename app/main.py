@@ -14,6 +14,7 @@ from app.credits.routes import router as credits_router
 from app.credits.routes import webhooks as credits_webhooks
 from app.errors import NotAuthenticated, UserError
 from app.gallery.routes import router as gallery_router
+from app.generation.catalog import get_catalog
 from app.generation.routes import api as generation_api
 from app.generation.routes import router as generation_router
 from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
@@ -25,6 +26,7 @@ def _wants_json(request: Request) -> bool:
 
 def create_app(settings: Settings | None = None, *, check_migrations: bool = True) -> FastAPI:
     settings = settings or get_settings()
+    get_catalog(settings)  # a broken catalog stops the start, naming the file and the entry
     if check_migrations:
         migrate.check_current(settings)  # refuse to serve an un-migrated database
 

@@ -12,8 +12,9 @@ from sqlalchemy import select
 
 from app.accounts.models import User
 from app.db import transaction, utcnow
+from app.enums import JobStatus
 from app.gallery import service, thumbnails
-from app.generation.models import SUCCEEDED, Job
+from app.generation.models import Job
 from app.storage import get_storage, image_key, thumbnail_key
 
 
@@ -60,7 +61,7 @@ def add_image(
             storage.put(thumb, thumbnails.webp_from_png(data), "image/webp")
     with transaction(settings) as session:
         job = Job(
-            id=job_id, user_id=owner, client_request_id=job_id, status=SUCCEEDED, mode=mode, model=model,
+            id=job_id, user_id=owner, client_request_id=job_id, status=JobStatus.SUCCEEDED, mode=mode, model=model,
             prompt=prompt, width=width, height=height, steps=4, guidance=5.0, seed=1234, n_images=1, price=1,
         )  # fmt: skip
         session.add(job)

@@ -22,7 +22,8 @@ from collections.abc import Callable
 
 import torch
 
-from app.config import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR, Settings
+from app.config import Settings
+from app.generation.catalog import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR
 
 log = logging.getLogger(__name__)
 _loaded: OrderedDict[str, object] = OrderedDict()  # ref -> pipeline, least recently used first
@@ -138,7 +139,7 @@ def load(settings: Settings, ref: str):
         return pipe
 
 
-# Sampler id (app.generation.schemas.SAMPLERS) -> (diffusers scheduler class name, options).
+# Sampler id (app.enums.Sampler) -> (diffusers scheduler class name, options).
 # Each scheduler is built from the model's own scheduler config, so the model's noise
 # schedule, prediction type and timestep spacing carry over; only the solver changes.
 _SCHEDULERS = {

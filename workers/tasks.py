@@ -12,9 +12,11 @@ import logging
 from celery.signals import worker_process_init
 
 from app.config import get_settings
+from app.enums import SAMPLERS
 from app.gallery import thumbnails
 from app.generation import images, metadata, service
-from app.generation.schemas import SAMPLERS
+from app.generation.catalog import get_catalog
+from app.queue import GENERATE_TASK
 from app.storage import get_storage, image_key, preview_key, thumbnail_key
 from workers import pipelines
 from workers.celery_app import app
@@ -26,7 +28,7 @@ def served_models(settings):
     """The catalog models whose queues this worker consumes (all of them when it was
     started without ``--queues``/``--models``), in catalog order."""
     consumed = {q.name for q in app.amqp.queues.consume_from.values()} if app.amqp.queues.consume_from else None
-    return [m for m in settings.catalog if consumed is None or m.queue(settings.queue) in consumed]
+    return [m for m in get_catalog(settings) if consumed is None or m.queue(settings.queue) in consumed]
 
 
 @worker_process_init.connect
@@ -53,7 +55,7 @@ class JobCancelled(Exception):
     """Raised between steps when the job's owner pressed Cancel; stops the pipeline."""
 
 
-@app.task(name="gouache.generate")
+@app.task(name=GENERATE_TASK)
 def generate(job_id: str) -> None:
     settings = get_settings()
     job = service.claim(settings, job_id)
@@ -90,7 +92,7 @@ def generate(job_id: str) -> None:
 
 def model_of(settings, job):
     """The job's catalog model (by id; rows from before the catalog name its source)."""
-    model = settings.catalog.find(job.model)
+    model = get_catalog(settings).find(job.model)
     if model is None:
         raise LookupError(f"the model {job.model!r} is not in this worker's catalog")
     return model
@@ -193,7 +195,7 @@ def _open(data: bytes):
 
 def parameters(settings, job, seed: int) -> metadata.Parameters:
     """What the PNG records about how it was made (AUTOMATIC1111's fields)."""
-    model = settings.catalog.find(job.model)
+    model = get_catalog(settings).find(job.model)
     return metadata.Parameters(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,

@@ -30,11 +30,7 @@ def price_per_image(settings: Settings, *, width: int, height: int, steps: int, 
     return max(settings.price_min_credits_per_image, credits)
 
 
-def price(
-    settings: Settings, *, width: int, height: int, steps: int, n_images: int, multiplier: float | None = None
-) -> int:
+def price(settings: Settings, *, width: int, height: int, steps: int, n_images: int, multiplier: float) -> int:
     """Credits for a request of ``n_images`` images of ``width``×``height`` at ``steps``, at a
-    model's price ``multiplier`` (default: the catalog's default model's)."""
-    if multiplier is None:
-        multiplier = settings.catalog.default.price_multiplier
+    model's price ``multiplier`` (the catalog entry's)."""
     return n_images * price_per_image(settings, width=width, height=height, steps=steps, multiplier=multiplier)

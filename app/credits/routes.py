@@ -10,6 +10,7 @@ from app.credits import pricing, service
 from app.credits import stripe as stripe_glue
 from app.db import transaction
 from app.errors import NotFound, ServiceUnavailable, UserError
+from app.generation.catalog import get_catalog
 from app.web import CurrentUser, get_app_settings, optional_user, render, require_user, verify_csrf
 
 log = logging.getLogger(__name__)
@@ -23,11 +24,19 @@ PRICING_STEPS = (10, 20, 30, 50)
 @router.get("/pricing")
 def pricing_page(request: Request, user: CurrentUser | None = Depends(optional_user)):
     settings = get_app_settings(request)
+    catalog = get_catalog(settings)
+    m = catalog.default.price_multiplier  # the table is for the default model
     table = [
-        (size, [pricing.price(settings, width=size, height=size, steps=s, n_images=1) for s in PRICING_STEPS])
+        (
+            size,
+            [
+                pricing.price(settings, width=size, height=size, steps=s, n_images=1, multiplier=m)
+                for s in PRICING_STEPS
+            ],
+        )
         for size in PRICING_SIZES
     ]
-    return render(request, "credits/pricing.html", table=table, steps=PRICING_STEPS)
+    return render(request, "credits/pricing.html", table=table, steps=PRICING_STEPS, catalog=catalog)
 
 
 @router.get("/billing")

@@ -8,10 +8,11 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from app.db import transaction
+from app.enums import MODES, SAMPLERS
 from app.errors import NotFound, UserError
 from app.gallery import service
 from app.gallery.models import ASPECTS
-from app.generation.schemas import MODES, SAMPLERS
+from app.generation.catalog import get_catalog
 from app.generation.service import quote_form
 from app.storage import ObjectNotFound, get_storage
 from app.web import CurrentUser, get_app_settings, is_htmx, render, require_user, verify_csrf
@@ -38,7 +39,7 @@ def _gallery_context(request: Request, user: CurrentUser, filters: service.Filte
         collections=collections,
         collection=current,
         models=models,
-        model_name=service.display_model(settings),
+        model_name=get_catalog(settings).display_name,
         modes=MODES,
         aspects=ASPECTS,
     )
@@ -67,7 +68,7 @@ def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(re
         before, after = service.neighbours(session, user.id, image, filters)
         collections = service.list_collections(session, user.id, summaries=False)
         member_of = service.collections_of(session, user.id, image.id)
-    model = settings.catalog.find(image.job.model)  # None: a model no longer offered
+    model = get_catalog(settings).find(image.job.model)  # None: a model no longer offered
     n = min(4, settings.max_images_per_job)
     prices = {}
     for key, fields in (
@@ -96,7 +97,7 @@ def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(re
         after=after,
         collections=collections,
         member_of=member_of,
-        model_name=service.display_model(settings),
+        model_name=get_catalog(settings).display_name,
         now_token=uuid.uuid4().hex[:12],  # a fresh request id per view: a double click makes one job
     )
 
@@ -210,7 +211,7 @@ async def bulk_download(request: Request, user: CurrentUser = Depends(require_us
     settings = get_app_settings(request)
     _, ids = await _form(request)
     with transaction(settings) as session:
-        entries = service.zip_entries(session, user.id, ids, service.display_model(settings))
+        entries = service.zip_entries(session, user.id, ids, get_catalog(settings).display_name)
     name = f"gouache-{datetime.now(UTC):%Y%m%d-%H%M%S}.zip"
     return StreamingResponse(
         service.zip_stream(settings, entries),

@@ -24,11 +24,11 @@ from sqlalchemy.sql.elements import UnaryExpression
 
 from app.config import Settings
 from app.db import transaction
+from app.enums import MODES
 from app.errors import NotFound, UserError
 from app.gallery import thumbnails
 from app.gallery.models import ASPECTS, Collection, CollectionImage, Image, aspect_of
 from app.generation.models import Job
-from app.generation.schemas import MODES
 from app.storage import ObjectNotFound, get_storage, thumbnail_key
 
 log = logging.getLogger(__name__)
@@ -691,14 +691,3 @@ def zip_stream(settings: Settings, entries: list[ZipEntry]) -> Iterator[bytes]:
             yield sink.drain()
         archive.writestr("images.json", json.dumps(manifest, indent=2), compress_type=zipfile.ZIP_DEFLATED)
     yield sink.drain()
-
-
-def display_model(settings: Settings):
-    """The function that names a job's model for people: its catalog name, else the last part
-    of its reference (a model no longer offered)."""
-
-    def name(ref: str) -> str:
-        model = settings.catalog.find(ref)
-        return model.name if model else ref.rsplit("/", 1)[-1]
-
-    return name

@@ -30,15 +30,25 @@ from __future__ import annotations
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from app.config import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_EXAMPLE_PROMPTS
+from app.config import REPO_ROOT, Settings
 from app.errors import UserError
 
-if TYPE_CHECKING:
-    from app.config import Settings
+# The demo model trained by `gouache train-demo` and committed under models/: the default.
+BUILTIN_DEMO_MODEL = "builtin:demo"
+# An untrained pipeline built from configs on first use (for tests and debugging).
+BUILTIN_TINY_MODEL = "builtin:tiny-random"
+DEMO_MODEL_DIR = REPO_ROOT / "models" / "gouache-demo"
+DEMO_GUIDANCE = 5.0  # the guidance scale the demo model's bench scores best at
+DEMO_EXAMPLE_PROMPTS = (
+    "a red circle on a blue background",
+    "two yellow stars on a black background",
+    "a green triangle in the top left on a white background",
+    "three pink squares on a purple background",
+)
 
 Family = Literal["sd1", "sd2", "sdxl", "turbo", "demo", "test"]
 
@@ -164,6 +174,12 @@ class Catalog:
         recorded the model's reference, like ``builtin:demo``)."""
         return self._by_id.get(ref) or next((m for m in self.models if m.source == ref), None)
 
+    def display_name(self, ref: str) -> str:
+        """What people see for the model a job or image names: its catalog name, else the last
+        part of its reference (a model no longer offered)."""
+        model = self.find(ref)
+        return model.name if model else ref.rsplit("/", 1)[-1]
+
     def __iter__(self) -> Iterator[ModelSpec]:
         return iter(self.models)
 
@@ -223,9 +239,47 @@ def _guess_family(source: str) -> Family:
     return "sd1"
 
 
+def _model_defaults(settings: Settings) -> dict[str, Any]:
+    """The ``GOUACHE_MODEL*`` settings with each unset one (0 or empty) filled from the model's
+    own defaults: the demo model paints 256² in 20 steps, the tiny test model 128², a real
+    Stable Diffusion model 512² in 30. :class:`CatalogError` names a setting that cannot work."""
+    source = settings.model
+    demo, tiny = source == BUILTIN_DEMO_MODEL, source == BUILTIN_TINY_MODEL
+    default_size = settings.model_default_size or (256 if demo else 128 if tiny else 512)
+    values: dict[str, Any] = {
+        "name": settings.model_name
+        or ("Gouache demo (shapes and colours)" if demo else "Tiny random test model (untrained)" if tiny else source),
+        "default_size": default_size,
+        "max_size": settings.model_max_size or (512 if demo else 256 if tiny else max(768, default_size)),
+        "default_steps": settings.model_default_steps or (20 if demo or tiny else 30),
+        "max_steps": settings.model_max_steps,
+        "default_guidance": settings.model_default_guidance or (DEMO_GUIDANCE if demo else 7.5),
+        "size_multiple": settings.model_size_multiple,
+        "price_multiplier": settings.model_price_multiplier,
+    }
+    multiple = settings.model_size_multiple
+    for name in ("default_size", "max_size"):
+        if values[name] < 64 or values[name] % multiple:
+            raise CatalogError(
+                f"GOUACHE_MODEL_{name.upper()} must be a multiple of {multiple} and at least 64 (got {values[name]})"
+            )
+    if values["default_size"] > values["max_size"]:
+        raise CatalogError(
+            f"GOUACHE_MODEL_DEFAULT_SIZE ({values['default_size']}) is larger than "
+            f"GOUACHE_MODEL_MAX_SIZE ({values['max_size']})"
+        )
+    if values["default_steps"] > values["max_steps"]:
+        raise CatalogError("GOUACHE_MODEL_DEFAULT_STEPS is larger than GOUACHE_MODEL_MAX_STEPS")
+    return values
+
+
 def from_settings(settings: Settings) -> Catalog:
     """The one-model catalog described by the ``GOUACHE_MODEL*`` settings."""
     source = settings.model
+    values = _model_defaults(settings)
+    description: str
+    examples: tuple[str, ...]
+    family: Family
     if source == BUILTIN_DEMO_MODEL:
         model_id, family, description, examples = "demo", "demo", DEMO_DESCRIPTION, DEMO_EXAMPLE_PROMPTS
     elif source == BUILTIN_TINY_MODEL:
@@ -246,19 +300,12 @@ def from_settings(settings: Settings) -> Catalog:
         [
             ModelSpec(
                 id=model_id,
-                name=settings.model_name,
                 source=source,
                 family=family,
                 description=description,
-                default_size=settings.model_default_size,
-                max_size=settings.model_max_size,
-                size_multiple=settings.model_size_multiple,
-                default_steps=settings.model_default_steps,
-                max_steps=settings.model_max_steps,
-                default_guidance=settings.model_default_guidance,
-                price_multiplier=settings.model_price_multiplier,
                 licence=licence,
                 example_prompts=examples,
+                **values,
             )
         ]
     )
@@ -269,3 +316,39 @@ def load(settings: Settings) -> Catalog:
     if settings.model_catalog is not None:
         return load_file(settings.model_catalog)
     return from_settings(settings)
+
+
+_CATALOG_SETTINGS = frozenset(
+    {
+        "model_catalog",
+        "model",
+        "model_name",
+        "model_default_size",
+        "model_max_size",
+        "model_default_steps",
+        "model_max_steps",
+        "model_default_guidance",
+        "model_size_multiple",
+        "model_price_multiplier",
+    }
+)
+
+
+_loaded: dict[str, Catalog] = {}
+
+
+def get_catalog(settings: Settings) -> Catalog:
+    """The models users can pick (the first is the default), read once per process for the
+    settings that describe it. Every process calls it at start, so a broken catalog file stops
+    the web process and workers with a message naming the file and the entry (:class:`CatalogError`),
+    not the first user's request."""
+    key = settings.model_dump_json(include=set(_CATALOG_SETTINGS))
+    catalog = _loaded.get(key)
+    if catalog is None:
+        try:
+            catalog = _loaded[key] = load(settings)
+        except CatalogError as e:
+            if settings.model_catalog is None:
+                raise
+            raise CatalogError(f"GOUACHE_MODEL_CATALOG: {e}") from None
+    return catalog

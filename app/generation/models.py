@@ -6,8 +6,7 @@ from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, 
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
-
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = "queued", "running", "succeeded", "failed", "cancelled"
+from app.enums import JobStatus
 
 
 class Job(Base):
@@ -21,7 +20,7 @@ class Job(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     # Sent by the form (and the API's Idempotency-Key): a double submit finds the first job.
     client_request_id: Mapped[str] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default=QUEUED)
+    status: Mapped[str] = mapped_column(String(16), default=JobStatus.QUEUED)
     mode: Mapped[str] = mapped_column(String(16), default="txt2img")
     model: Mapped[str] = mapped_column(String(255))
     prompt: Mapped[str] = mapped_column(Text)
@@ -67,10 +66,10 @@ class Job(Base):
 
     @property
     def done(self) -> bool:
-        return self.status in (SUCCEEDED, FAILED, CANCELLED)
+        return JobStatus(self.status).finished
 
     @property
     def progress(self) -> float:
-        if self.status == SUCCEEDED:
+        if self.status == JobStatus.SUCCEEDED:
             return 1.0
         return min(1.0, self.progress_step / self.steps) if self.steps else 0.0

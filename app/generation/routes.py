@@ -9,9 +9,11 @@ from sqlalchemy import select
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.db import transaction
+from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
 from app.errors import NotFound, UserError
 from app.gallery import service as gallery_service
 from app.generation import schemas, service
+from app.generation.catalog import get_catalog
 from app.generation.models import Job
 from app.storage import ObjectNotFound, get_storage
 from app.web import CurrentUser, get_app_settings, is_htmx, optional_user, render, require_user, verify_csrf
@@ -39,7 +41,7 @@ FORM_FIELDS = (
 
 def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> dict[str, Any]:
     settings = get_app_settings(request)
-    catalog = settings.catalog
+    catalog = get_catalog(settings)
     try:
         model = catalog.get(form.get("model"))
     except UserError:  # a stale link to a model no longer offered: show the default
@@ -50,9 +52,9 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
     form.setdefault("steps", model.default_steps)
     form.setdefault("guidance", model.default_guidance)
     form.setdefault("n", 1)
-    form.setdefault("sampler", schemas.DEFAULT_SAMPLER)
+    form.setdefault("sampler", DEFAULT_SAMPLER)
     form.setdefault("mode", "txt2img")
-    if form["mode"] not in schemas.MODES:
+    if form["mode"] not in MODES:
         form["mode"] = "txt2img"
     form.setdefault("strength", schemas.DEFAULT_STRENGTH.get(form["mode"], 0.6))
     source = None
@@ -73,8 +75,8 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
         "catalog": catalog,
         "source": source,
         "presets": presets,
-        "samplers": schemas.SAMPLERS,
-        "modes": {k: v for k, v in schemas.MODES.items() if k in ("txt2img", "img2img", "inpaint", "outpaint")},
+        "samplers": SAMPLERS,
+        "modes": {k: v for k, v in MODES.items() if k in ("txt2img", "img2img", "inpaint", "outpaint")},
         "price": price,
         "request_id": uuid.uuid4().hex,
     }
@@ -238,7 +240,7 @@ def job_out(request: Request, job: Job, images) -> schemas.JobOut:
 @api.get("/models")
 def api_models(request: Request) -> list[schemas.ModelOut]:
     """The models on offer (the first is the default), with their limits and licences."""
-    return [schemas.ModelOut.from_spec(m) for m in get_app_settings(request).catalog]
+    return [schemas.ModelOut.from_spec(m) for m in get_catalog(get_app_settings(request))]
 
 
 @api.get("/quote")

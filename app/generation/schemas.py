@@ -14,25 +14,16 @@ from typing import Any
 from pydantic import BaseModel
 
 from app.config import Settings
+from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
 from app.errors import UserError
 from app.generation import prompt_params
-from app.generation.catalog import ModelSpec
+from app.generation.catalog import ModelSpec, get_catalog
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE = 64
 MAX_GUIDANCE = 30.0
 MAX_ASPECT = 4.0  # wider or taller than 4:1 is refused: models make repeated subjects there
 
-# Sampler id -> the name AUTOMATIC1111 and DreamStudio users know. The worker maps each
-# to a diffusers scheduler built from the model's own scheduler config.
-SAMPLERS = {
-    "euler": "Euler",
-    "euler_a": "Euler a",
-    "dpmpp_2m_karras": "DPM++ 2M Karras",
-    "ddim": "DDIM",
-    "unipc": "UniPC",
-}
-DEFAULT_SAMPLER = "euler"
 _SAMPLER_ALIASES = {
     "".join(ch for ch in name.lower() if ch.isalnum()): sampler_id
     for sampler_id, label in SAMPLERS.items()
@@ -40,16 +31,7 @@ _SAMPLER_ALIASES = {
 }
 
 
-# Modes, with the strength each starts at (the share of the source that is repainted).
-MODES = {
-    "txt2img": "Text to image",
-    "img2img": "Image to image",
-    "inpaint": "Inpaint",
-    "outpaint": "Outpaint",
-    "variation": "Variations",
-    "upscale": "Upscale",
-}
-IMAGE_MODES = frozenset(MODES) - {"txt2img"}
+# The strength each image mode starts at (the share of the source that is repainted).
 DEFAULT_STRENGTH = {"img2img": 0.6, "inpaint": 1.0, "outpaint": 1.0, "variation": 0.35, "upscale": 0.3}
 VARIATION_STRENGTH = {"subtle": 0.35, "strong": 0.7}  # Midjourney's "vary (subtle / strong)"
 MIN_STRENGTH = 0.05
@@ -249,7 +231,7 @@ def model_for(data: Mapping[str, Any], settings: Settings) -> ModelSpec:
     value = data.get("model")
     if value is not None and not isinstance(value, str):
         raise UserError("Model must be a model id, as text.", field="model")
-    return settings.catalog.get(value)
+    return get_catalog(settings).get(value)
 
 
 def parse_sampler(value: Any) -> str:
@@ -286,7 +268,9 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
     quote = parse_quote(data, settings)
     raw_guidance = data.get("guidance")
     try:
-        guidance = settings.catalog.get(quote.model).default_guidance if _blank(raw_guidance) else float(raw_guidance)
+        guidance = (
+            get_catalog(settings).get(quote.model).default_guidance if _blank(raw_guidance) else float(raw_guidance)
+        )
     except (TypeError, ValueError):
         raise UserError("Guidance must be a number.", field="guidance") from None
     if guidance != guidance:  # NaN

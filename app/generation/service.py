@@ -14,22 +14,23 @@ from sqlalchemy.orm import Session
 from app.config import Settings
 from app.credits import ledger, pricing
 from app.db import transaction, utcnow
+from app.enums import MODES, JobStatus
 from app.errors import NotFound, ServiceUnavailable, UserError
 from app.gallery import service as gallery
 from app.gallery.models import Image
 from app.generation import images
-from app.generation.catalog import ModelSpec
-from app.generation.models import CANCELLED, FAILED, QUEUED, RUNNING, SUCCEEDED, Job
+from app.generation.catalog import ModelSpec, get_catalog
+from app.generation.models import Job
 from app.generation.schemas import (
     MAX_SEED,
     MIN_SIZE,
-    MODES,
     Extend,
     GenerationRequest,
     QuoteRequest,
     parse_quote,
     size_for_aspect,
 )
+from app.queue import send_generate
 from app.storage import get_storage, input_key
 
 UPSCALE_OVERLAP = 64  # pixels shared by neighbouring upscale tiles, blended when stitched
@@ -40,7 +41,7 @@ def tiles(settings: Settings, req: QuoteRequest) -> list[tuple[int, int, int, in
     the model's maximum size."""
     if req.mode != "upscale":
         return [(0, 0, req.width, req.height)]
-    return images.tile_grid(req.width, req.height, settings.catalog.get(req.model).max_size, UPSCALE_OVERLAP)
+    return images.tile_grid(req.width, req.height, get_catalog(settings).get(req.model).max_size, UPSCALE_OVERLAP)
 
 
 def quote(settings: Settings, req: QuoteRequest) -> int:
@@ -54,14 +55,14 @@ def quote(settings: Settings, req: QuoteRequest) -> int:
         height=bottom - top,
         steps=req.denoising_steps,
         n_images=req.n_images,
-        multiplier=settings.catalog.get(req.model).price_multiplier,
+        multiplier=get_catalog(settings).get(req.model).price_multiplier,
     )
 
 
 def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, int]) -> tuple[int, int]:
     """The size an image-mode job makes from a source of ``source_size``."""
     w, h = source_size
-    model = settings.catalog.get(req.model)
+    model = get_catalog(settings).get(req.model)
     m = model.size_multiple
     if req.mode == "upscale":
         out_w, out_h = w * req.upscale // m * m, h * req.upscale // m * m
@@ -148,7 +149,7 @@ def prepare_inputs(
         raise UserError("Describe the image you want in the prompt.", field="prompt")
     width, height = output_size(settings, req, source.size)
     mask = None
-    model = settings.catalog.get(req.model)
+    model = get_catalog(settings).get(req.model)
     m = model.size_multiple
     if req.mode == "upscale":
         canvas = source.convert("RGB")
@@ -216,7 +217,7 @@ def submit(
     if existing is not None:
         return existing
     req, source_png, mask_png = prepare_inputs(settings, user_id, req, uploads or {})
-    model = settings.catalog.get(req.model)
+    model = get_catalog(settings).get(req.model)
     price = quote(settings, req)
     job_id = str(uuid.uuid4())
     storage = get_storage(settings)
@@ -236,7 +237,7 @@ def submit(
         source_key=source_key,
         mask_key=mask_key,
         source_image_id=req.source_image_id,
-        status=QUEUED,
+        status=JobStatus.QUEUED,
         model=model.id,
         licence=model.licence.name,
         licence_url=model.licence.url,
@@ -291,11 +292,9 @@ def _job_by_request(settings: Settings, user_id: int, client_request_id: str) ->
 
 def enqueue(settings: Settings, job: Job) -> None:
     """Send the job to its model's queue, which only workers serving that model consume."""
-    from workers.celery_app import celery_for
-
-    queue = settings.catalog.get(job.model).queue(settings.queue)
+    queue = get_catalog(settings).get(job.model).queue(settings.queue)
     try:
-        celery_for(settings).send_task("gouache.generate", args=[job.id], queue=queue)
+        send_generate(settings, job.id, queue)
     except Exception as exc:  # the broker is down: the user must not pay for a job that never runs
         fail(settings, job.id, "The job could not be queued; no credits were charged. Please try again.")
         raise ServiceUnavailable(
@@ -326,11 +325,11 @@ STALE_QUEUED = "No worker picked this job up in time; no credits were charged. P
 
 def _is_stale(settings: Settings, job: Job) -> str | None:
     now = utcnow()
-    if job.status == RUNNING and (job.heartbeat_at or job.created_at) < now - timedelta(
+    if job.status == JobStatus.RUNNING and (job.heartbeat_at or job.created_at) < now - timedelta(
         seconds=settings.job_stale_after_s
     ):
         return STALE_RUNNING
-    if job.status == QUEUED and job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s):
+    if job.status == JobStatus.QUEUED and job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s):
         return STALE_QUEUED
     return None
 
@@ -338,12 +337,14 @@ def _is_stale(settings: Settings, job: Job) -> str | None:
 def reap_stale_jobs(settings: Settings) -> int:
     """Fail and refund every job whose worker died or that no worker took; returns how many."""
     now = utcnow()
+    stale_before = now - timedelta(seconds=settings.job_stale_after_s)
+    queued_before = now - timedelta(seconds=settings.job_queue_timeout_s)
     with transaction(settings) as session:
         ids = session.scalars(
             select(Job.id).where(
                 or_(
-                    (Job.status == RUNNING) & (Job.heartbeat_at < now - timedelta(seconds=settings.job_stale_after_s)),
-                    (Job.status == QUEUED) & (Job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s)),
+                    (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale_before),
+                    (Job.status == JobStatus.QUEUED) & (Job.created_at < queued_before),
                 )
             )
         ).all()
@@ -368,8 +369,8 @@ def claim(settings: Settings, job_id: str) -> Job | None:
     with transaction(settings) as session:
         taken = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status == QUEUED)
-            .values(status=RUNNING, started_at=utcnow(), heartbeat_at=utcnow())
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
+            .values(status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow())
         ).rowcount
         return session.get(Job, job_id) if taken else None
 
@@ -380,7 +381,7 @@ def report_progress(settings: Settings, job_id: str, step: int, preview_key: str
     if preview_key:
         values["preview_key"] = preview_key
     with transaction(settings) as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.status == RUNNING).values(**values))
+        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(**values))
         return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
@@ -394,7 +395,7 @@ def request_cancel(settings: Settings, user_id: int, job_id: str) -> Job:
         if job.done:
             return job
         session.execute(update(Job).where(Job.id == job_id).values(cancel_requested=True))
-        queued = job.status == QUEUED
+        queued = job.status == JobStatus.QUEUED
     if queued:
         settle_cancelled(settings, job_id)
     with transaction(settings) as session:
@@ -406,8 +407,8 @@ def settle_cancelled(settings: Settings, job_id: str) -> bool:
     with transaction(settings) as session:
         done = session.execute(
             update(Job)
-            .where(Job.id == job_id, Job.status.in_((QUEUED, RUNNING)))
-            .values(status=CANCELLED, error="Cancelled.", finished_at=utcnow())
+            .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
+            .values(status=JobStatus.CANCELLED, error="Cancelled.", finished_at=utcnow())
         ).rowcount
         if done:
             job = session.get(Job, job_id)
@@ -424,8 +425,8 @@ def succeed(settings: Settings, job: Job, images: list[tuple[str, int, int, int,
     with transaction(settings) as session:
         done = session.execute(
             update(Job)
-            .where(Job.id == job.id, Job.status == RUNNING)
-            .values(status=SUCCEEDED, progress_step=job.steps, finished_at=utcnow())
+            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
+            .values(status=JobStatus.SUCCEEDED, progress_step=job.steps, finished_at=utcnow())
         ).rowcount
         if not done:
             return False
@@ -443,7 +444,7 @@ def fail(settings: Settings, job_id: str, reason: str) -> None:
         job = session.get(Job, job_id)
         if job is None or job.done:
             return
-        job.status = FAILED
+        job.status = JobStatus.FAILED
         job.error = reason[:2000]
         job.finished_at = utcnow()
         ledger.release(session, job.user_id, job.price, job_id=job.id, memo="Released: the job failed")

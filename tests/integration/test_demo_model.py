@@ -8,9 +8,9 @@ import pytest
 from PIL import Image as PILImage
 from sqlalchemy import select
 
-from app.config import BUILTIN_DEMO_MODEL
 from app.db import transaction
 from app.gallery.models import Image
+from app.generation.catalog import BUILTIN_DEMO_MODEL
 from app.storage import get_storage
 from tests.conftest import make_settings, migrated, wait_for_job
 from workers.demo import judge, scenes

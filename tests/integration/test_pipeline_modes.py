@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.generation.schemas import SAMPLERS
+from app.enums import SAMPLERS
 from tests.conftest import make_settings
 from workers import pipelines
 

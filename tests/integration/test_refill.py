@@ -85,7 +85,7 @@ def test_a_low_balance_is_topped_up_once_a_month(refill_settings, clock):
     assert refills(refill_settings, user_id) == [("refill:2031-03", REFILL - 120)]
 
     assert shown_balance(c) == REFILL  # a second request changes nothing
-    price = pricing.price(refill_settings, width=64, height=64, steps=4, n_images=2)
+    price = pricing.price(refill_settings, width=64, height=64, steps=4, n_images=2, multiplier=1.0)
     spent = c.api_post("/api/v1/generations", {"prompt": "a fox", "width": 64, "height": 64, "steps": 4, "n": 2})
     assert spent.status_code == 202 and spent.json()["price"] == price
     clock.now = datetime(2031, 3, 31, 23, 59, 59, tzinfo=UTC)

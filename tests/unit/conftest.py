@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from app.config import BUILTIN_TINY_MODEL, Settings
+from app.config import Settings
+from app.generation.catalog import BUILTIN_TINY_MODEL
 
 
 def _isolated_settings(data_dir: Path, **overrides) -> Settings:

@@ -6,11 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from pydantic import ValidationError
 
-from app.config import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, REPO_ROOT
+from app.config import REPO_ROOT
 from app.errors import UserError
-from app.generation.catalog import CatalogError, load_file
+from app.generation.catalog import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, CatalogError, get_catalog, load_file
 from app.generation.schemas import parse_quote, parse_request
 
 GOOD = """
@@ -131,19 +130,22 @@ def test_duplicate_ids_an_empty_catalog_and_broken_toml_are_refused(tmp_path):
         load_file(tmp_path / "missing.toml")
 
 
-def test_a_broken_catalog_stops_the_settings_from_loading(make_settings, tmp_path):
+def test_a_broken_catalog_stops_the_web_app_from_starting(make_settings, tmp_path):
+    from app.main import create_app
+
     path = write(tmp_path, ENTRY.format(id="same", extra="") * 2)
-    with pytest.raises(ValidationError) as excinfo:
-        make_settings(tmp_path, model_catalog=path)
+    settings = make_settings(tmp_path, model_catalog=path)
+    with pytest.raises(CatalogError) as excinfo:
+        create_app(settings, check_migrations=False)
     assert "GOUACHE_MODEL_CATALOG" in str(excinfo.value) and str(path) in str(excinfo.value)
 
 
 def test_without_a_catalog_file_the_catalog_is_the_configured_model(make_settings, tmp_path):
-    demo = make_settings(tmp_path).catalog
+    demo = get_catalog(make_settings(tmp_path))
     assert demo.ids == ["demo"] and demo.default.source == BUILTIN_DEMO_MODEL
     assert demo.default.licence.name == "AGPL-3.0" and demo.default.licence.commercial_use is True
     assert demo.default.example_prompts and demo.default.default_guidance == 5.0
-    hub = make_settings(tmp_path, model="stabilityai/sd-turbo", model_price_multiplier=2.0).catalog.default
+    hub = get_catalog(make_settings(tmp_path, model="stabilityai/sd-turbo", model_price_multiplier=2.0)).default
     assert (hub.id, hub.source, hub.family, hub.price_multiplier) == ("default", "stabilityai/sd-turbo", "turbo", 2.0)
     assert hub.licence.commercial_use is None and hub.licence.url == "https://huggingface.co/stabilityai/sd-turbo"
 

@@ -12,7 +12,9 @@ from hypothesis import given
 from hypothesis import settings as hyp_settings
 from hypothesis import strategies as st
 
-from app.credits.pricing import price, price_per_image
+from app.credits import pricing
+from app.credits.pricing import price_per_image
+from app.generation.catalog import get_catalog
 
 SIZES = st.integers(min_value=8, max_value=256).map(lambda k: k * 8)  # 64..2048 in steps of 8
 STEPS = st.integers(min_value=1, max_value=150)
@@ -24,6 +26,14 @@ PROPERTY = hyp_settings(max_examples=200, deadline=None, database=None)
 @pytest.fixture(scope="module")
 def defaults(make_settings, tmp_path_factory):
     return make_settings(tmp_path_factory.mktemp("pricing"))
+
+
+def price(settings, *, multiplier=None, **request):
+    """The price for the settings' own model (the catalog's default) unless another model's
+    multiplier is given."""
+    if multiplier is None:
+        multiplier = get_catalog(settings).default.price_multiplier
+    return pricing.price(settings, multiplier=multiplier, **request)
 
 
 def per_image(settings, width, height, steps, multiplier=1.0):
@@ -122,7 +132,7 @@ def test_the_model_multiplier_setting_scales_the_price(make_settings, tmp_path):
     request = dict(width=512, height=512, steps=50, n_images=2)
     assert price(plain, **request) == 20
     assert price(pricey, **request) == 40
-    # An explicit multiplier (another model's) wins over the setting.
+    # Another model's multiplier prices that model.
     assert price(pricey, **request, multiplier=0.5) == 10
 
 

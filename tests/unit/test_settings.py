@@ -8,7 +8,8 @@ import os
 import pytest
 from pydantic import ValidationError
 
-from app.config import BUILTIN_TINY_MODEL, Settings
+from app.config import Settings
+from app.generation.catalog import BUILTIN_TINY_MODEL, get_catalog
 
 
 @pytest.fixture(autouse=True)
@@ -107,34 +108,36 @@ def test_explicit_broker_url_and_storage_dir_win(monkeypatch, tmp_path):
 
 
 def test_the_committed_demo_model_is_the_default():
-    from app.config import BUILTIN_DEMO_MODEL, DEMO_MODEL_DIR
+    from app.generation.catalog import BUILTIN_DEMO_MODEL, DEMO_MODEL_DIR
 
     settings = Settings()
-    assert settings.model == BUILTIN_DEMO_MODEL and settings.model_is_demo
+    model = get_catalog(settings).default
+    assert settings.model == BUILTIN_DEMO_MODEL and model.source == BUILTIN_DEMO_MODEL
     assert (DEMO_MODEL_DIR / "model_index.json").is_file()
-    assert settings.model_default_size == 256 and settings.model_default_steps == 20
-    assert settings.example_prompts
+    assert model.default_size == 256 and model.default_steps == 20
+    assert model.example_prompts
 
 
 def test_the_builtin_test_model_is_small(monkeypatch):
     monkeypatch.setenv("GOUACHE_MODEL", BUILTIN_TINY_MODEL)
     settings = Settings()
+    model = get_catalog(settings).default
     assert settings.model == BUILTIN_TINY_MODEL
-    assert settings.model_is_untrained
-    assert settings.model_default_size == 128
-    assert settings.model_max_size == 256
-    assert settings.model_default_steps == 20
-    assert "untrained" in settings.model_name.lower()
+    assert model.untrained
+    assert model.default_size == 128
+    assert model.max_size == 256
+    assert model.default_steps == 20
+    assert "untrained" in model.name.lower()
 
 
 def test_a_real_model_gets_stable_diffusion_sized_defaults(monkeypatch):
     monkeypatch.setenv("GOUACHE_MODEL", "stabilityai/sd-turbo")
-    settings = Settings()
-    assert not settings.model_is_untrained
-    assert settings.model_name == "stabilityai/sd-turbo"
-    assert settings.model_default_size == 512
-    assert settings.model_max_size == 768
-    assert settings.model_default_steps == 30
+    model = get_catalog(Settings()).default
+    assert not model.untrained
+    assert model.name == "stabilityai/sd-turbo"
+    assert model.default_size == 512
+    assert model.max_size == 768
+    assert model.default_steps == 30
 
 
 def test_explicit_model_limits_win_over_the_model_defaults(monkeypatch):
@@ -142,11 +145,11 @@ def test_explicit_model_limits_win_over_the_model_defaults(monkeypatch):
     monkeypatch.setenv("GOUACHE_MODEL_NAME", "SDXL base")
     monkeypatch.setenv("GOUACHE_MODEL_DEFAULT_SIZE", "1024")
     monkeypatch.setenv("GOUACHE_MODEL_DEFAULT_STEPS", "40")
-    settings = Settings()
-    assert settings.model_name == "SDXL base"
-    assert settings.model_default_size == 1024
-    assert settings.model_max_size == 1024  # never below the default size
-    assert settings.model_default_steps == 40
+    model = get_catalog(Settings()).default
+    assert model.name == "SDXL base"
+    assert model.default_size == 1024
+    assert model.max_size == 1024  # never below the default size
+    assert model.default_steps == 40
 
 
 def test_a_dotenv_file_in_the_working_directory_is_read(tmp_path):

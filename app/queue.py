@@ -1,0 +1,59 @@
+"""The Celery client the web process sends jobs with, and the Celery settings the
+workers share (``workers/celery_app.py`` builds its app from :func:`configure`).
+
+Tasks are named by string, so the web process imports no worker code (no torch).
+"""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import Settings
+
+GENERATE_TASK = "gouache.generate"
+
+
+def configure(celery: Celery, settings: Settings) -> Celery:
+    """The settings every Gouache Celery app has, sender or worker."""
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        task_default_queue=settings.queue,
+        # The job row is the record, not the result backend.
+        task_ignore_result=True,
+        # A GPU runs one job at a time: take one message, acknowledge it after
+        # the job is settled, so a crashed worker's job is redelivered.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        worker_hijack_root_logger=False,
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+    )
+    return celery
+
+
+def ensure_data_dir(settings: Settings) -> None:
+    """The embedded broker is a SQLite file in the data folder, and SQLite creates the
+    file but not its folder. The database engine makes that folder only when the
+    database is SQLite too, so with PostgreSQL and the embedded broker nothing else would.
+    (A broker configured elsewhere is the operator's folder to make.)"""
+    if settings.broker_url.startswith("sqla+sqlite:"):
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+
+
+_senders: dict[tuple[str, str], Celery] = {}
+
+
+def _sender(settings: Settings) -> Celery:
+    """One client per broker for the process (its connection pool is reused)."""
+    key = (settings.broker_url, settings.queue)
+    if key not in _senders:
+        _senders[key] = configure(Celery("gouache", set_as_current=False), settings)
+    return _senders[key]
+
+
+def send_generate(settings: Settings, job_id: str, queue: str) -> None:
+    """Put a generation job on a model's queue (raises if the broker is unreachable)."""
+    ensure_data_dir(settings)
+    _sender(settings).send_task(GENERATE_TASK, args=[job_id], queue=queue)
