@@ -18,15 +18,24 @@ import gc
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Any, TypeAlias
 
 import torch
+from PIL import Image
 
 from app.config import Settings
 from app.generation.catalog import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR
+from app.generation.images import Box, feather_mask
+
+# A diffusers pipeline. Its components (unet, vae, scheduler ...) are attributes it
+# registers at run time, which no type describes.
+Pipeline: TypeAlias = Any
+# on_step(done, total, latents or None); an exception it raises stops the run.
+StepCallback: TypeAlias = Callable[[int, int, Any], None]
 
 log = logging.getLogger(__name__)
-_loaded: OrderedDict[str, object] = OrderedDict()  # ref -> pipeline, least recently used first
+_loaded: OrderedDict[str, Pipeline] = OrderedDict()  # ref -> pipeline, least recently used first
 _sizes: dict[str, int] = {}  # ref -> bytes
 _lock = threading.Lock()
 
@@ -63,7 +72,7 @@ def resolve(settings: Settings, ref: str) -> str:
     return str(path)
 
 
-def pipeline_bytes(pipe) -> int:
+def pipeline_bytes(pipe: Pipeline) -> int:
     """The memory a pipeline's weights take: the bytes of every parameter and buffer of
     its torch modules (each tensor counted once, however many components share it)."""
     seen: set[int] = set()
@@ -113,7 +122,7 @@ def _evict_for(ref: str, size: int, budget: int) -> None:
         _free_memory()
 
 
-def load(settings: Settings, ref: str):
+def load(settings: Settings, ref: str) -> Pipeline:
     """The text-to-image pipeline for ``ref``: loaded once, then kept warm while the
     worker's memory budget allows."""
     with _lock:
@@ -151,7 +160,7 @@ _SCHEDULERS = {
 }
 
 
-def use_sampler(pipe, sampler: str) -> None:
+def use_sampler(pipe: Pipeline, sampler: str) -> None:
     """Give ``pipe`` the scheduler for ``sampler`` (an id from ``SAMPLERS``)."""
     import diffusers
 
@@ -163,12 +172,12 @@ def use_sampler(pipe, sampler: str) -> None:
     pipe.scheduler = getattr(diffusers, class_name).from_config(base, **options)
 
 
-def size_multiple(pipe) -> int:
+def size_multiple(pipe: Pipeline) -> int:
     """Image sides must be multiples of the VAE's downscale (8 for Stable Diffusion, 16 for the demo)."""
     return max(8, int(getattr(pipe, "vae_scale_factor", 8)))  # diffusers checks for 8 in any case
 
 
-def derived(pipe, kind: str):
+def derived(pipe: Pipeline, kind: str) -> Pipeline:
     """The image-to-image or inpainting pipeline sharing ``pipe``'s loaded components
     (diffusers' ``from_pipe``: no weights are loaded or copied), made once per model."""
     cache = pipe.__dict__.setdefault("_gouache_derived", {})
@@ -184,7 +193,7 @@ def derived(pipe, kind: str):
 
 
 def sample(
-    pipe,
+    pipe: Pipeline,
     *,
     prompt: str,
     negative_prompt: str = "",
@@ -195,11 +204,11 @@ def sample(
     seed: int,
     n_images: int = 1,
     sampler: str = "euler",
-    image=None,
-    mask=None,
+    image: Image.Image | None = None,
+    mask: Image.Image | None = None,
     strength: float | None = None,
-    on_step: Callable[[int, int, object], None] | None = None,
-) -> list[tuple[object, int]]:
+    on_step: StepCallback | None = None,
+) -> list[tuple[Image.Image, int]]:
     """Run the model: text-to-image, or image-to-image from ``image`` (at ``strength``),
     or inpainting of ``mask``'s white area of ``image``. Image i uses seed ``seed + i``
     (so any one image can be made again alone). ``on_step(done, total)`` follows the
@@ -209,7 +218,7 @@ def sample(
     seeds = [(seed + i) % 2**32 for i in range(n_images)]
     # CPU generators: the same seed gives the same image on any device.
     generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
-    kwargs: dict = {"width": width, "height": height}
+    kwargs: dict[str, Any] = {"width": width, "height": height}
     runner = pipe
     if image is not None:
         runner = derived(pipe, "inpaint" if mask is not None else "img2img")
@@ -218,7 +227,7 @@ def sample(
             kwargs.update(mask_image=mask, width=width, height=height)
     use_sampler(runner, sampler)
 
-    def on_step_end(pipe_, step, _timestep, callback_kwargs):
+    def on_step_end(pipe_: Pipeline, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
         if on_step is not None:
             total = max(1, getattr(pipe_, "num_timesteps", steps) or steps)
             on_step(step + 1, total, callback_kwargs.get("latents"))
@@ -242,6 +251,61 @@ def sample(
     return list(zip(images, seeds, strict=True))
 
 
+def upscale(
+    pipe: Pipeline,
+    source: Image.Image,
+    *,
+    size: tuple[int, int],
+    boxes: Sequence[Box],
+    overlap: int,
+    prompt: str,
+    negative_prompt: str = "",
+    steps: int,
+    guidance: float,
+    seed: int,
+    sampler: str = "euler",
+    strength: float | None,
+    on_step: StepCallback | None = None,
+) -> Image.Image:
+    """Resize ``source`` (Lanczos) to ``size``, then repaint detail with a low-strength
+    image-to-image pass in each of ``boxes`` (the tiles the job was priced for; tile i
+    uses seed ``seed + i``), blended where neighbours share ``overlap`` pixels.
+    ``on_step`` follows the steps of all the tiles together."""
+    big = source.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    out = big.copy()
+    ramp = overlap // 2 if len(boxes) > 1 else 0
+    for i, box in enumerate(boxes):
+        tile = big.crop(box)
+        [(painted, _)] = sample(
+            pipe,
+            prompt=prompt,
+            negative_prompt=negative_prompt,
+            width=tile.width,
+            height=tile.height,
+            steps=steps,
+            guidance=guidance,
+            seed=seed + i,
+            sampler=sampler,
+            image=tile,
+            strength=strength,
+            on_step=_tile_progress(on_step, i, len(boxes)),
+        )
+        out.paste(painted.resize(tile.size), box[:2], feather_mask(tile.size, box, big.size, ramp))
+    return out
+
+
+def _tile_progress(on_step: StepCallback | None, index: int, count: int) -> StepCallback | None:
+    """Tile ``index``'s steps as steps of the whole upscale."""
+    if on_step is None:
+        return None
+    report = on_step
+
+    def tile_step(done: int, total: int, latents: Any) -> None:
+        report(index * total + done, total * count, latents)
+
+    return tile_step
+
+
 # Linear latent -> RGB approximations (the "cheap approximation" AUTOMATIC1111 and
 # ComfyUI use for live previews): no VAE decode, microseconds per preview.
 _SD_LATENT_RGB = ((0.298, 0.207, 0.208), (0.187, 0.286, 0.173), (-0.158, 0.189, 0.264), (-0.184, -0.271, -0.473))
@@ -254,10 +318,8 @@ _SDXL_LATENT_RGB = (
 _SDXL_BIAS = (0.1084, -0.0175, -0.0011)
 
 
-def preview(pipe, latents, max_side: int = 256):
+def preview(pipe: Pipeline, latents: torch.Tensor, max_side: int = 256) -> Image.Image:
     """A rough RGB picture of the first image's latents, as a PIL image."""
-    from PIL import Image
-
     x = latents[0].detach().float().cpu()
     if x.shape[0] == 4 and type(pipe.vae).__name__ == "AutoencoderKL":
         xl = "XL" in type(pipe).__name__

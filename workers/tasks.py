@@ -8,23 +8,28 @@ from __future__ import annotations
 
 import io
 import logging
+from typing import Any
 
 from celery.signals import worker_process_init
+from PIL import Image
 
-from app.config import get_settings
-from app.enums import SAMPLERS
+from app.config import Settings, get_settings
+from app.enums import SAMPLERS, Mode
 from app.gallery import thumbnails
-from app.generation import images, metadata, service
-from app.generation.catalog import get_catalog
+from app.generation import metadata, quote, service
+from app.generation.catalog import ModelSpec, get_catalog
+from app.generation.models import Job
 from app.queue import GENERATE_TASK
-from app.storage import get_storage, image_key, preview_key, thumbnail_key
+from app.storage import Storage, get_storage, image_key, preview_key, thumbnail_key
 from workers import pipelines
 from workers.celery_app import app
 
 log = logging.getLogger(__name__)
 
+Made = list[tuple[Image.Image, int]]  # the images a job made, each with its seed
 
-def served_models(settings):
+
+def served_models(settings: Settings) -> list[ModelSpec]:
     """The catalog models whose queues this worker consumes (all of them when it was
     started without ``--queues``/``--models``), in catalog order."""
     consumed = {q.name for q in app.amqp.queues.consume_from.values()} if app.amqp.queues.consume_from else None
@@ -32,7 +37,7 @@ def served_models(settings):
 
 
 @worker_process_init.connect
-def _warm_up(**_kwargs):
+def _warm_up(**_kwargs: Any) -> None:
     # Refund jobs orphaned by a worker that died, then load the first model this
     # worker serves now rather than on the first user's job.
     settings = get_settings()
@@ -63,19 +68,7 @@ def generate(job_id: str) -> None:
         log.info("job %s already claimed; skipping duplicate delivery", job_id)
         return
     try:
-        images = run(settings, job)
-        storage = get_storage(settings)
-        stored = []
-        for index, (image, seed) in enumerate(images):
-            key = image_key(job.user_id, job.id, index)
-            storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
-            stored.append((key, index, seed, image.width, image.height, store_thumbnail(storage, job, index, image)))
-        if not service.succeed(settings, job, stored):
-            log.warning("job %s was failed meanwhile; discarding its images", job_id)
-            for key, *_, thumb in stored:
-                storage.delete(key)
-                if thumb:
-                    storage.delete(thumb)
+        record(settings, job, run(settings, job))
     except JobCancelled:
         log.info("job %s cancelled by its owner", job_id)
         service.settle_cancelled(settings, job_id)
@@ -90,7 +83,25 @@ def generate(job_id: str) -> None:
             log.warning("could not delete the preview of job %s", job_id, exc_info=True)
 
 
-def model_of(settings, job):
+def record(settings: Settings, job: Job, made: Made) -> None:
+    """Store the images (PNG with their parameters, and a thumbnail), then record them
+    and capture the charge; a job failed meanwhile gets none of them."""
+    storage = get_storage(settings)
+    stored = []
+    for index, (image, seed) in enumerate(made):
+        key = image_key(job.user_id, job.id, index)
+        storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
+        thumb_key = store_thumbnail(storage, job, index, image)
+        stored.append(service.StoredImage(key, thumb_key, index, seed, image.width, image.height))
+    if not service.succeed(settings, job, stored):
+        log.warning("job %s was failed meanwhile; discarding its images", job.id)
+        for image_ in stored:
+            storage.delete(image_.key)
+            if image_.thumb_key:
+                storage.delete(image_.thumb_key)
+
+
+def model_of(settings: Settings, job: Job) -> ModelSpec:
     """The job's catalog model (by id; rows from before the catalog name its source)."""
     model = get_catalog(settings).find(job.model)
     if model is None:
@@ -98,7 +109,7 @@ def model_of(settings, job):
     return model
 
 
-def store_thumbnail(storage, job, index: int, image) -> str | None:
+def store_thumbnail(storage: Storage, job: Job, index: int, image: Image.Image) -> str | None:
     """The gallery grid's small WebP, next to the PNG; its key, or None if it could not be
     made (the gallery then makes one on first view, so the job need not fail for it)."""
     key = thumbnail_key(job.user_id, job.id, index)
@@ -110,7 +121,7 @@ def store_thumbnail(storage, job, index: int, image) -> str | None:
     return key
 
 
-def run(settings, job):
+def run(settings: Settings, job: Job) -> Made:
     """Make the job's images, reporting progress per denoising step."""
     model = model_of(settings, job)
     pipe = pipelines.load(settings, model.source)
@@ -118,8 +129,43 @@ def run(settings, job):
         "job %s: %s %d×%d, %d steps, %d image(s)", job.id, job.mode, job.width, job.height, job.steps, job.n_images
     )
     storage = get_storage(settings)
+    report = progress_reporter(settings, job, pipe, storage)
+    common: dict[str, Any] = dict(
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        steps=job.steps,
+        guidance=job.guidance,
+        seed=job.seed,
+        sampler=job.sampler,
+        on_step=report,
+    )
+    if job.mode == Mode.TXT2IMG:
+        return pipelines.sample(pipe, width=job.width, height=job.height, n_images=job.n_images, **common)
+    if job.source_key is None:
+        raise ValueError(f"the {job.mode} job has no source image")
+    source = _open(storage.get(job.source_key))
+    if job.mode == Mode.UPSCALE:
+        return [(upscale(model, pipe, source, job, common), job.seed)]
+    mask = _open(storage.get(job.mask_key)).convert("L") if job.mask_key else None
+    return pipelines.sample(
+        pipe,
+        width=job.width,
+        height=job.height,
+        n_images=job.n_images,
+        image=source,
+        mask=mask,
+        strength=job.strength,
+        **common,
+    )
 
-    def report(done: int, total: int, latents=None) -> None:
+
+def progress_reporter(
+    settings: Settings, job: Job, pipe: pipelines.Pipeline, storage: Storage
+) -> pipelines.StepCallback:
+    """The pipeline's ``on_step``: records the job's progress (and now and then a live
+    preview), and stops the run when its owner asked to cancel."""
+
+    def report(done: int, total: int, latents: Any = None) -> None:
         step = round(done / total * job.steps)
         key = None
         if latents is not None and settings.preview_every and done % settings.preview_every == 0 and done < total:
@@ -130,70 +176,31 @@ def run(settings, job):
         if service.report_progress(settings, job.id, step, key):
             raise JobCancelled(job.id)
 
-    common = dict(
-        prompt=job.prompt,
-        negative_prompt=job.negative_prompt,
-        steps=job.steps,
-        guidance=job.guidance,
-        sampler=job.sampler,
-    )
-    if job.mode == "txt2img":
-        return pipelines.sample(
-            pipe, width=job.width, height=job.height, seed=job.seed, n_images=job.n_images, on_step=report, **common
-        )
-    source = _open(storage.get(job.source_key))
-    mask = _open(storage.get(job.mask_key)).convert("L") if job.mask_key else None
-    if job.mode == "upscale":
-        return [(upscale(model, pipe, source, job, report, common), job.seed)]
-    return pipelines.sample(
+    return report
+
+
+def upscale(
+    model: ModelSpec, pipe: pipelines.Pipeline, source: Image.Image, job: Job, common: dict[str, Any]
+) -> Image.Image:
+    """The job's upscale, run in exactly the tiles its price was worked out for."""
+    return pipelines.upscale(
         pipe,
-        width=job.width,
-        height=job.height,
-        seed=job.seed,
-        n_images=job.n_images,
-        image=source,
-        mask=mask,
+        source,
+        size=(job.width, job.height),
+        boxes=quote.tiles(model, job.mode, job.width, job.height),
+        overlap=quote.UPSCALE_OVERLAP,
         strength=job.strength,
-        on_step=report,
         **common,
     )
 
 
-def upscale(model, pipe, source, job, report, common):
-    """Resize (Lanczos) to the job's size, then repaint detail with a low-strength
-    image-to-image pass, in overlapping tiles no larger than the model's maximum,
-    blended where they overlap."""
-    from PIL import Image
-
-    big = source.convert("RGB").resize((job.width, job.height), Image.Resampling.LANCZOS)
-    boxes = images.tile_grid(job.width, job.height, model.max_size, service.UPSCALE_OVERLAP)
-    out = big.copy()
-    for i, box in enumerate(boxes):
-        tile = big.crop(box)
-        [(painted, _)] = pipelines.sample(
-            pipe,
-            width=tile.width,
-            height=tile.height,
-            seed=job.seed + i,
-            image=tile,
-            strength=job.strength,
-            on_step=lambda done, total, latents, i=i: report(i * total + done, total * len(boxes), latents),
-            **common,
-        )
-        weight = images.feather_mask(tile.size, box, big.size, service.UPSCALE_OVERLAP // 2 if len(boxes) > 1 else 0)
-        out.paste(painted.resize(tile.size), box[:2], weight)
-    return out
-
-
-def _open(data: bytes):
-    from PIL import Image
-
+def _open(data: bytes) -> Image.Image:
     image = Image.open(io.BytesIO(data))
     image.load()
     return image
 
 
-def parameters(settings, job, seed: int) -> metadata.Parameters:
+def parameters(settings: Settings, job: Job, seed: int) -> metadata.Parameters:
     """What the PNG records about how it was made (AUTOMATIC1111's fields)."""
     model = get_catalog(settings).find(job.model)
     return metadata.Parameters(

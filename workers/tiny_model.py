@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import string
 from pathlib import Path
+from typing import Any
 
 # Words the tokenizer knows; anything else is spelled out letter by letter.
 _WORDS = (
@@ -50,7 +51,7 @@ def _write_tokenizer_files(directory: Path) -> tuple[Path, Path]:
     return vocab_file, merges_file
 
 
-def _tiny_vae(sample_size: int):
+def _tiny_vae(sample_size: int) -> Any:
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
@@ -62,6 +63,57 @@ def _tiny_vae(sample_size: int):
         latent_channels=4,
         sample_size=sample_size,
     )
+
+
+def _tiny_unet(sample_size: int, **options: Any) -> Any:
+    """A two-level UNet; ``options`` add the family's conditioning."""
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size // 2,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        **options,
+    )
+
+
+def _tiny_tokenizer() -> Any:
+    import tempfile
+
+    from transformers import CLIPTokenizer
+
+    with tempfile.TemporaryDirectory() as tmp:
+        vocab_file, merges_file = _write_tokenizer_files(Path(tmp))
+        return CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
+
+
+def _text_config(tokenizer: Any, hidden_size: int, **options: Any) -> Any:
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=1,
+        pad_token_id=1,
+        hidden_size=hidden_size,
+        intermediate_size=37,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        vocab_size=len(tokenizer.get_vocab()),
+        max_position_embeddings=77,
+        **options,
+    )
+
+
+def _save(pipe: Any, path: Path, card: str) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    pipe.save_pretrained(path, safe_serialization=True)
+    (path / "README.md").write_text(card)
+    return path
 
 
 def build_tiny_pipeline(
@@ -78,44 +130,15 @@ def build_tiny_pipeline(
     model; tests pass different values to get a model that loads but raises
     while sampling, the way a broken real checkpoint would.
     """
-    import tempfile
-
     import torch
-    from diffusers import (
-        EulerDiscreteScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline
+    from transformers import CLIPTextModel
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=sample_size // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=cross_attention_dim,
-    )
+    torch.manual_seed(seed)  # the components below draw their weights in this order
+    unet = _tiny_unet(sample_size, cross_attention_dim=cross_attention_dim)
     vae = _tiny_vae(sample_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file, merges_file = _write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=text_hidden_size,
-            intermediate_size=37,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            bos_token_id=0,
-            eos_token_id=1,
-            pad_token_id=1,
-            vocab_size=len(tokenizer.get_vocab()),
-            max_position_embeddings=77,
-        )
-    )
+    tokenizer = _tiny_tokenizer()
+    text_encoder = CLIPTextModel(_text_config(tokenizer, text_hidden_size))
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
@@ -133,31 +156,19 @@ def build_tiny_pipeline(
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(path, safe_serialization=True)
-    (path / "README.md").write_text(MODEL_CARD)
-    return path
+    return _save(pipe, path, MODEL_CARD)
 
 
 def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0, sample_size: int = 64) -> Path:
     """Write a tiny random SDXL-shaped pipeline (two text encoders, the UNet's
     ``text_time`` added conditioning) to ``path``: diffusers' own SDXL test components."""
-    import tempfile
-
     import torch
-    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=2,
-        sample_size=sample_size // 2,
-        in_channels=4,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+    torch.manual_seed(seed)  # the components below draw their weights in this order
+    unet = _tiny_unet(
+        sample_size,
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
@@ -167,22 +178,8 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0, sample_size: int = 64
         cross_attention_dim=64,  # both encoders' hidden states side by side
     )
     vae = _tiny_vae(sample_size)
-    with tempfile.TemporaryDirectory() as tmp:
-        vocab_file, merges_file = _write_tokenizer_files(Path(tmp))
-        tokenizer = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
-        tokenizer_2 = CLIPTokenizer(str(vocab_file), str(merges_file), model_max_length=77)
-    config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=1,
-        pad_token_id=1,
-        hidden_size=32,
-        intermediate_size=37,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        vocab_size=len(tokenizer.get_vocab()),
-        max_position_embeddings=77,
-        projection_dim=32,
-    )
+    tokenizer, tokenizer_2 = _tiny_tokenizer(), _tiny_tokenizer()
+    config = _text_config(tokenizer, 32, projection_dim=32)
     pipe = StableDiffusionXLPipeline(
         vae=vae,
         text_encoder=CLIPTextModel(config),
@@ -198,8 +195,4 @@ def build_tiny_sdxl_pipeline(path: Path, *, seed: int = 0, sample_size: int = 64
             timestep_spacing="leading",
         ),  # fmt: skip
     )
-    path = Path(path)
-    path.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(path, safe_serialization=True)
-    (path / "README.md").write_text(MODEL_CARD.replace("Stable Diffusion-shaped", "SDXL-shaped"))
-    return path
+    return _save(pipe, path, MODEL_CARD.replace("Stable Diffusion-shaped", "SDXL-shaped"))

@@ -13,7 +13,7 @@ from app.errors import NotFound, UserError
 from app.gallery import service
 from app.gallery.models import ASPECTS
 from app.generation.catalog import get_catalog
-from app.generation.service import quote_form
+from app.generation.quote import quote_form
 from app.storage import ObjectNotFound, get_storage
 from app.web import CurrentUser, get_app_settings, is_htmx, render, require_user, verify_csrf
 

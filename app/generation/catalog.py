@@ -214,7 +214,8 @@ def load_file(path: Path) -> Catalog:
         raise CatalogError(f"cannot read the model catalog {path}: {e.strerror or e}") from e
     except tomllib.TOMLDecodeError as e:
         raise CatalogError(f"the model catalog {path} is not valid TOML: {e}") from e
-    entries = data.get("models") if isinstance(data.get("models"), list) else []
+    models = data.get("models")
+    entries: list[Any] = models if isinstance(models, list) else []
     try:
         parsed = _CatalogFile.model_validate(data)
     except ValidationError as e:

@@ -14,10 +14,13 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
+from app.enums import Mode
 from app.errors import UserError
 from app.generation.schemas import Extend
 
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
+
+Box = tuple[int, int, int, int]  # (left, top, right, bottom)
 
 
 @dataclass(frozen=True)
@@ -108,6 +111,44 @@ def png(image: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+def model_inputs(
+    mode: str,
+    source: Image.Image,
+    *,
+    size: tuple[int, int],
+    work_size: tuple[int, int],
+    extend: Extend | None = None,
+    multiple: int = 8,
+    mask: Image.Image | None = None,
+) -> tuple[Image.Image, Image.Image | None]:
+    """An image mode's source, and its mask where the mode has one, as the model gets
+    them at the output ``size``: an upscale's source as it is (the worker enlarges it
+    tile by tile); an outpaint's source fitted to ``work_size`` in its extended canvas;
+    any other mode's source resized to ``size``, with the inpainting ``mask`` checked
+    against the source and resized with it."""
+    if mode == Mode.UPSCALE:
+        return source.convert("RGB"), None
+    if mode == Mode.OUTPAINT:
+        return _outpaint_inputs(source, size=size, work_size=work_size, extend=extend or Extend(), multiple=multiple)
+    canvas = source.convert("RGB").resize(size, Image.Resampling.LANCZOS)
+    if mode != Mode.INPAINT:
+        return canvas, None
+    if mask is None:
+        raise UserError("Paint over the area to regenerate, or upload a mask.", field="mask")
+    return canvas, mask_from_upload(mask, source.size).resize(size, Image.Resampling.NEAREST)
+
+
+def _outpaint_inputs(
+    source: Image.Image, *, size: tuple[int, int], work_size: tuple[int, int], extend: Extend, multiple: int
+) -> tuple[Image.Image, Image.Image]:
+    fitted = source.convert("RGB").resize(work_size, Image.Resampling.LANCZOS)
+    canvas, mask = outpaint_canvas(fitted, extend.scaled(fitted.width / source.width), multiple=multiple)
+    if canvas.size != size:  # larger than the model allows: shrink the whole frame
+        canvas = canvas.resize(size, Image.Resampling.LANCZOS)
+        mask = mask.resize(size, Image.Resampling.NEAREST)
+    return canvas, mask
+
+
 def mask_from_upload(mask: Image.Image, size: tuple[int, int], *, field: str = "mask") -> Image.Image:
     """A black-and-white mask (white = repaint) for an image of ``size``.
 
@@ -188,7 +229,7 @@ def _edge_pad(image: Image.Image, left: int, right: int, top: int, bottom: int) 
     return Image.fromarray(padded)
 
 
-def tile_grid(width: int, height: int, tile: int, overlap: int = 64) -> list[tuple[int, int, int, int]]:
+def tile_grid(width: int, height: int, tile: int, overlap: int = 64) -> list[Box]:
     """Boxes ``(left, top, right, bottom)`` of at most ``tile`` a side that cover a
     ``width`` × ``height`` image, neighbours overlapping by at least ``overlap``
     (blended when stitched). One box when the image fits in one tile."""
@@ -203,9 +244,7 @@ def tile_grid(width: int, height: int, tile: int, overlap: int = 64) -> list[tup
     return [(x, y, min(x + tile, width), min(y + tile, height)) for y in starts(height) for x in starts(width)]
 
 
-def feather_mask(
-    size: tuple[int, int], box: tuple[int, int, int, int], full: tuple[int, int], ramp: int
-) -> Image.Image:
+def feather_mask(size: tuple[int, int], box: Box, full: tuple[int, int], ramp: int) -> Image.Image:
     """A tile's blending weight: 255 inside, ramping down to 0 over ``ramp`` pixels on
     each side that borders another tile (not on the image's own edges)."""
     import numpy as np

@@ -85,7 +85,7 @@ def read(data: bytes) -> dict[str, str]:
     """The text chunks of a PNG (``parameters``, the XMP packet ...), for tests and for
     reading an uploaded image's settings back."""
     with Image.open(io.BytesIO(data)) as image:
-        return {k: v for k, v in image.info.items() if isinstance(v, str)}
+        return {k: v for k, v in image.info.items() if isinstance(k, str) and isinstance(v, str)}
 
 
 def parse_a1111(text: str) -> dict[str, str]:

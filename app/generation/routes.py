@@ -1,21 +1,27 @@
+"""The generate page, its price and job fragments, and the JSON API.
+
+Routes are plain ``def`` (run in FastAPI's thread pool: the services they call block
+on the database, Pillow and storage); a request body is read by an ``async``
+dependency before the route runs.
+"""
+
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Request
 from fastapi.responses import RedirectResponse, Response
-from sqlalchemy import select
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from app.db import transaction
 from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
 from app.errors import NotFound, UserError
-from app.gallery import service as gallery_service
-from app.generation import schemas, service
+from app.gallery.models import Image
+from app.generation import quote, schemas, service
 from app.generation.catalog import get_catalog
 from app.generation.models import Job
-from app.storage import ObjectNotFound, get_storage
 from app.web import CurrentUser, get_app_settings, is_htmx, optional_user, render, require_user, verify_csrf
 
 router = APIRouter(dependencies=[Depends(verify_csrf)])
@@ -24,12 +30,8 @@ api = APIRouter(prefix="/api/v1", dependencies=[Depends(verify_csrf)], tags=["ge
 RECENT_JOBS = 6
 
 
-def _recent_jobs(request: Request, user: CurrentUser) -> list[tuple[Job, list]]:
-    with transaction(get_app_settings(request)) as session:
-        jobs = session.scalars(
-            select(Job).where(Job.user_id == user.id).order_by(Job.created_at.desc()).limit(RECENT_JOBS)
-        ).all()
-        return [(job, service.job_images(session, job)) for job in jobs]
+def _recent_jobs(request: Request, user: CurrentUser) -> list[tuple[Job, list[Image]]]:
+    return service.recent_jobs(get_app_settings(request), user.id, RECENT_JOBS)
 
 
 FORM_FIELDS = (
@@ -47,7 +49,7 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
     except UserError:  # a stale link to a model no longer offered: show the default
         model = catalog.default
     form["model"] = model.id
-    presets = service.size_presets(model)
+    presets = quote.size_presets(model)
     form.setdefault("size", presets[0].value)
     form.setdefault("steps", model.default_steps)
     form.setdefault("guidance", model.default_guidance)
@@ -59,14 +61,11 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
     form.setdefault("strength", schemas.DEFAULT_STRENGTH.get(form["mode"], 0.6))
     source = None
     if form.get("source_image"):
-        with transaction(settings) as session:
-            try:
-                row = gallery_service.get_image(session, user.id, str(form["source_image"]))
-                source = {"id": row.id, "width": row.width, "height": row.height, "prompt": row.job.prompt}
-            except NotFound:
-                form.pop("source_image")
+        source = service.source_image(settings, user.id, str(form["source_image"]))
+        if source is None:
+            form.pop("source_image")
     try:
-        price = service.quote_form(settings, user.id, form)
+        price = quote.quote_form(settings, user.id, form)
     except (UserError, NotFound):
         price = None
     return {
@@ -100,7 +99,7 @@ def home(request: Request, user: CurrentUser | None = Depends(optional_user)):
 def quote_fragment(request: Request, user: CurrentUser = Depends(require_user)):
     settings = get_app_settings(request)
     try:
-        price = service.quote_form(settings, user.id, request.query_params)
+        price = quote.quote_form(settings, user.id, request.query_params)
         error = None
     except (UserError, NotFound) as e:
         price, error = None, e
@@ -110,9 +109,18 @@ def quote_fragment(request: Request, user: CurrentUser = Depends(require_user)):
 UPLOAD_FIELDS = ("image", "mask")
 
 
-async def _form_and_uploads(request: Request) -> tuple[dict[str, Any], dict[str, bytes]]:
-    """The form's text fields, and the bytes of its uploaded ``image`` and ``mask``."""
-    form: dict[str, Any] = {}
+@dataclass(frozen=True)
+class RequestBody:
+    """A request's fields, and the bytes of its uploaded ``image`` and ``mask``."""
+
+    fields: dict[str, Any]
+    uploads: dict[str, bytes] = field(default_factory=dict)
+
+
+async def form_body(request: Request) -> RequestBody:
+    """The form, read (uploads included) before the route runs, so the route can be a
+    plain ``def`` that blocks on the database and Pillow off the event loop."""
+    fields: dict[str, Any] = {}
     uploads: dict[str, bytes] = {}
     limit = get_app_settings(request).max_upload_bytes
     for key, value in (await request.form()).multi_items():
@@ -121,14 +129,27 @@ async def _form_and_uploads(request: Request) -> tuple[dict[str, Any], dict[str,
                 # one byte past the limit is enough to refuse it with the right message
                 uploads[key] = await value.read(limit + 1)
         elif key != "csrf_token":
-            form[key] = value
-    return form, uploads
+            fields[key] = value
+    return RequestBody(fields, uploads)
+
+
+async def api_body(request: Request) -> RequestBody:
+    """The API's body: a JSON object, or form data with ``image`` / ``mask`` files."""
+    if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
+        return await form_body(request)
+    try:
+        data = await request.json()
+    except ValueError:
+        raise UserError("The request body must be JSON or form data.") from None
+    if not isinstance(data, dict):
+        raise UserError("The request body must be a JSON object.")
+    return RequestBody(data)
 
 
 @router.post("/generate")
-async def generate(request: Request, user: CurrentUser = Depends(require_user)):
+def generate(request: Request, user: CurrentUser = Depends(require_user), body: RequestBody = Depends(form_body)):
     settings = get_app_settings(request)
-    form, uploads = await _form_and_uploads(request)
+    form, uploads = body.fields, body.uploads
     try:
         req = schemas.parse_request(form, settings)
         job = service.submit(settings, user.id, req, str(form.get("request_id", "")), uploads)
@@ -180,13 +201,7 @@ def cancel_job(request: Request, job_id: str, user: CurrentUser = Depends(requir
 def job_preview(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
     """The running job's latest live preview (owner only)."""
     settings = get_app_settings(request)
-    job, _ = service.get_job(settings, user.id, job_id)
-    if not job.preview_key or job.done:
-        raise NotFound("No preview yet.")
-    try:
-        data = get_storage(settings).get(job.preview_key)
-    except ObjectNotFound:
-        raise NotFound("No preview yet.") from None
+    data = service.job_preview(settings, user.id, job_id)
     return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
@@ -198,7 +213,7 @@ def balance_fragment(request: Request, user: CurrentUser = Depends(require_user)
 # ---- JSON API -------------------------------------------------------------------
 
 
-def job_out(request: Request, job: Job, images) -> schemas.JobOut:
+def job_out(request: Request, job: Job, images: Sequence[Image]) -> schemas.JobOut:
     return schemas.JobOut(
         id=job.id,
         status=job.status,
@@ -247,30 +262,22 @@ def api_models(request: Request) -> list[schemas.ModelOut]:
 def api_quote(request: Request) -> dict[str, int]:
     """The price in credits of a request; the same function prices the charge."""
     settings = get_app_settings(request)
-    return {"credits": service.quote(settings, schemas.parse_quote(request.query_params, settings))}
+    return {"credits": quote.quote(settings, schemas.parse_quote(request.query_params, settings))}
 
 
 @api.post("/generations", status_code=202)
-async def api_generate(
+def api_generate(
     request: Request,
     idempotency_key: str | None = Header(default=None),
     user: CurrentUser = Depends(require_user),
+    body: RequestBody = Depends(api_body),
 ) -> schemas.JobOut:
     """JSON (text-to-image, or an image mode from a gallery image's ``source_image``),
     or multipart form data with ``image`` / ``mask`` files for uploads."""
     settings = get_app_settings(request)
-    if request.headers.get("content-type", "").startswith(("multipart/form-data", "application/x-www-form-urlencoded")):
-        body, uploads = await _form_and_uploads(request)
-    else:
-        try:
-            body = await request.json()
-        except ValueError:
-            raise UserError("The request body must be JSON or form data.") from None
-        if not isinstance(body, dict):
-            raise UserError("The request body must be a JSON object.")
-        uploads = {}
-    req = schemas.parse_request(body, settings)
-    job = service.submit(settings, user.id, req, idempotency_key or str(body.get("request_id") or ""), uploads)
+    req = schemas.parse_request(body.fields, settings)
+    request_id = idempotency_key or str(body.fields.get("request_id") or "")
+    job = service.submit(settings, user.id, req, request_id, body.uploads)
     return job_out(request, job, [])
 
 

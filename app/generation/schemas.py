@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, overload
 
 from pydantic import BaseModel
 
@@ -52,6 +52,10 @@ class Extend:
     def any(self) -> bool:
         return any((self.left, self.right, self.top, self.bottom))
 
+    def scaled(self, scale: float) -> Extend:
+        """The same margins for a source resized by ``scale``."""
+        return Extend(*(round(v * scale) for v in (self.left, self.right, self.top, self.bottom)))
+
 
 @dataclass(frozen=True, kw_only=True)
 class QuoteRequest:
@@ -87,6 +91,10 @@ def _blank(value: Any) -> bool:
     return value is None or (isinstance(value, str) and not value.strip())
 
 
+@overload
+def _int(data: Mapping[str, Any], field: str, label: str, default: int) -> int: ...
+@overload
+def _int(data: Mapping[str, Any], field: str, label: str, default: None = None) -> int | None: ...
 def _int(data: Mapping[str, Any], field: str, label: str, default: int | None = None) -> int | None:
     value = data.get(field)
     if _blank(value):
@@ -163,7 +171,7 @@ def _size(data: Mapping[str, Any], model: ModelSpec) -> tuple[int, int]:
 
 
 def _float(data: Mapping[str, Any], field: str, label: str) -> float | None:
-    value = data.get(field)
+    value: Any = data.get(field)
     if _blank(value):
         return None
     try:
@@ -197,7 +205,7 @@ def _mode_fields(data: Mapping[str, Any]) -> dict[str, Any]:
             raise UserError("Upscale by 2× or 4×.", field="upscale")
         fields["upscale"] = factor
     if mode == "outpaint":
-        sides = {}
+        sides: dict[str, int] = {}
         for side in ("left", "right", "top", "bottom"):
             value = _int(data, f"extend_{side}", f"Extend {side}", 0)
             _in_range(value, 0, MAX_EXTEND, f"extend_{side}", f"Extend {side}")
@@ -266,7 +274,7 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
             f"The negative prompt is longer than {settings.max_prompt_chars} characters.", field="negative_prompt"
         )
     quote = parse_quote(data, settings)
-    raw_guidance = data.get("guidance")
+    raw_guidance: Any = data.get("guidance")
     try:
         guidance = (
             get_catalog(settings).get(quote.model).default_guidance if _blank(raw_guidance) else float(raw_guidance)

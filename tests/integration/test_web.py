@@ -303,7 +303,8 @@ def test_a_job_whose_worker_died_fails_and_is_refunded_when_its_owner_looks(user
     assert "stopped responding" in card and "No credits were charged" in card
     assert balance_of(settings, "ada@example.com") == 200
     # the worker wakes up and finishes: nothing is recorded, nothing charged
-    assert service.succeed(settings, claimed, [("images/x/y/0.png", 0, 1, 64, 64)]) is False
+    made = service.StoredImage(key="images/x/y/0.png", thumb_key=None, index=0, seed=1, width=64, height=64)
+    assert service.succeed(settings, claimed, [made]) is False
     assert user_client.get(f"/api/v1/generations/{job['id']}").json()["images"] == []
     assert balance_of(settings, "ada@example.com") == 200
 

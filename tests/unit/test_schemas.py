@@ -12,8 +12,8 @@ import pytest
 
 from app.errors import UserError
 from app.generation.catalog import get_catalog
+from app.generation.quote import size_presets
 from app.generation.schemas import GenerationRequest, QuoteRequest, parse_quote, parse_request
-from app.generation.service import size_presets
 
 FORM = {
     "prompt": "  a red fox in the snow  ",

@@ -1,0 +1,133 @@
+"""What a request costs: the size it makes, the tiles an upscale is cut into, and the
+price of those through the one price function.
+
+The worker runs the very boxes :func:`tiles` returns, so what was priced is what runs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from app.config import Settings
+from app.credits import pricing
+from app.db import transaction
+from app.enums import Mode
+from app.errors import UserError
+from app.gallery import service as gallery
+from app.generation import images
+from app.generation.catalog import ModelSpec, get_catalog
+from app.generation.schemas import MIN_SIZE, Extend, QuoteRequest, parse_quote, size_for_aspect
+
+UPSCALE_OVERLAP = 64  # pixels shared by neighbouring upscale tiles, blended when stitched
+
+
+def tiles(model: ModelSpec, mode: str, width: int, height: int) -> list[images.Box]:
+    """How a ``width`` × ``height`` output is cut for the model: one box, except for
+    upscales larger than the model's maximum size. Priced here, run by the worker."""
+    if mode != Mode.UPSCALE:
+        return [(0, 0, width, height)]
+    return images.tile_grid(width, height, model.max_size, UPSCALE_OVERLAP)
+
+
+def quote(settings: Settings, req: QuoteRequest) -> int:
+    """The price: per tile, of the steps the model really runs (``steps × strength`` for
+    image modes), at the model's price multiplier, through the one price function."""
+    model = get_catalog(settings).get(req.model)
+    boxes = tiles(model, req.mode, req.width, req.height)
+    left, top, right, bottom = boxes[0]
+    return len(boxes) * pricing.price(
+        settings,
+        width=right - left,
+        height=bottom - top,
+        steps=req.denoising_steps,
+        n_images=req.n_images,
+        multiplier=model.price_multiplier,
+    )
+
+
+def quote_form(settings: Settings, user_id: int, data: Mapping[str, Any]) -> int | None:
+    """The price of what the form describes, or None while an image mode has no image
+    yet. An image mode's size comes from its gallery image, or from ``source_width`` /
+    ``source_height``, which the page sends once an upload is chosen."""
+    req = parse_quote(data, settings)
+    if req.mode == Mode.TXT2IMG:
+        return quote(settings, req)
+    source_size = _form_source_size(settings, user_id, data)
+    if source_size is None:
+        return None
+    width, height = output_size(settings, req, source_size)
+    return quote(settings, replace(req, width=width, height=height))
+
+
+def _form_source_size(settings: Settings, user_id: int, data: Mapping[str, Any]) -> tuple[int, int] | None:
+    if data.get("source_image"):
+        with transaction(settings) as session:
+            row = gallery.get_image(session, user_id, str(data["source_image"]))
+            return row.width, row.height
+    if not (data.get("source_width") and data.get("source_height")):
+        return None
+    try:
+        size = int(data["source_width"]), int(data["source_height"])
+    except ValueError:
+        return None
+    return size if min(size) >= 1 else None
+
+
+def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, int]) -> tuple[int, int]:
+    """The size an image-mode job makes from a source of ``source_size``."""
+    w, h = source_size
+    model = get_catalog(settings).get(req.model)
+    m = model.size_multiple
+    if req.mode == Mode.UPSCALE:
+        factor = req.upscale or 2  # parse_quote's default
+        out_w, out_h = w * factor // m * m, h * factor // m * m
+        if max(out_w, out_h) > settings.max_upscale_side:
+            raise UserError(
+                f"Upscaling this {w}×{h} image {factor}× would make it {w * factor}×{h * factor}; "
+                f"the limit is {settings.max_upscale_side} pixels a side.",
+                field="upscale",
+            )
+        return out_w, out_h
+    fitted = work_size(model, (w, h))
+    if req.mode == Mode.OUTPAINT:
+        return images.outpaint_size(fitted, (req.extend or Extend()).scaled(fitted[0] / w), model.max_size, m)
+    return fitted
+
+
+def work_size(model: ModelSpec, size: tuple[int, int]) -> tuple[int, int]:
+    """The size the model works on a source image at: its own (to the size multiple) when
+    the model can make it, else about the model's native pixel count."""
+    w, h = size
+    m = model.size_multiple
+    if MIN_SIZE <= min(w, h) and max(w, h) <= model.max_size:
+        return w // m * m, h // m * m
+    return images.fitted_size((w, h), model.default_size, model.max_size, m)
+
+
+@dataclass(frozen=True)
+class SizePreset:
+    label: str
+    width: int
+    height: int
+
+    @property
+    def value(self) -> str:
+        return f"{self.width}x{self.height}"
+
+
+_ASPECTS = (("Square", 1, 1), ("Landscape", 3, 2), ("Portrait", 2, 3), ("Wide", 16, 9), ("Tall", 9, 16))
+
+
+def size_presets(model: ModelSpec) -> list[SizePreset]:
+    """Aspect ratio presets with about the model's native pixel count, in the model's size multiple."""
+    presets = []
+    for name, aw, ah in _ASPECTS:
+        w, h = size_for_aspect(model, aw, ah)
+        presets.append(SizePreset(f"{name} {aw}:{ah} — {w}×{h}", w, h))
+    m = model.size_multiple
+    big = min(model.max_size, model.default_size * 2) // m * m
+    if big > model.default_size:
+        presets.append(SizePreset(f"Large square 1:1 — {big}×{big}", big, big))
+    return presets
