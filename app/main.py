@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.concurrency import run_in_threadpool
 
 from app import migrate
 from app.accounts.routes import router as accounts_router
 from app.config import REPO_ROOT, Settings, get_settings
+from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
-from app.credits.routes import webhooks as credits_webhooks
 from app.errors import NotAuthenticated, UserError
 from app.gallery.routes import router as gallery_router
 from app.generation.catalog import get_catalog
@@ -22,6 +23,11 @@ from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
+
+
+async def _render(request: Request, template: str, **kw):
+    """render() from an async handler: it may read the user from the database, so in a thread."""
+    return await run_in_threadpool(render, request, template, **kw)
 
 
 def create_app(settings: Settings | None = None, *, check_migrations: bool = True) -> FastAPI:
@@ -51,11 +57,11 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):
             return RedirectResponse("/login", status_code=303)
         if is_htmx(request):
-            response = render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
+            response = await _render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
             if isinstance(exc, NotAuthenticated):
                 response.headers["HX-Redirect"] = "/login"
             return response
-        return render(request, "error.html", status_code=exc.status_code, error=exc)
+        return await _render(request, "error.html", status_code=exc.status_code, error=exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -64,13 +70,16 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         message = f"{where}: {first.get('msg', 'invalid input')}" if where else first.get("msg", "Invalid input.")
         if _wants_json(request):
             return JSONResponse({"error": message, "field": where or None}, status_code=422)
-        return render(request, "error.html", status_code=422, error=UserError(message))
+        return await _render(request, "error.html", status_code=422, error=UserError(message))
 
-    app.include_router(accounts_router)
-    app.include_router(generation_router)
-    app.include_router(gallery_router)
-    app.include_router(credits_router)
-    app.include_router(credits_webhooks)
-    app.include_router(generation_api)
+    # Every page shows the balance in its header and the API spends it: the month's
+    # free credits are applied first. Stripe's webhook is not a user's request.
+    refilled = [Depends(monthly_refill)]
+    app.include_router(accounts_router, dependencies=refilled)
+    app.include_router(generation_router, dependencies=refilled)
+    app.include_router(gallery_router, dependencies=refilled)
+    app.include_router(credits_router, dependencies=refilled)
+    app.include_router(generation_api, dependencies=refilled)
+    app.include_router(stripe_router)
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     return app

@@ -10,7 +10,6 @@ from fastapi.templating import Jinja2Templates
 
 from app.accounts import service as accounts
 from app.config import REPO_ROOT, Settings
-from app.credits import service as credits
 from app.db import transaction
 from app.errors import CsrfFailed, NotAuthenticated
 
@@ -34,15 +33,18 @@ class CurrentUser:
 
 
 def optional_user(request: Request) -> CurrentUser | None:
+    """The logged-in user, read once per request (a plain ``def``: it queries the database)."""
     if "user" not in request.state._state:
-        settings = get_app_settings(request)
-        with transaction(settings) as session:
+        with transaction(get_app_settings(request)) as session:
             user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
-        if user is not None and settings.monthly_refill_credits and credits.apply_monthly_refill(settings, user.id):
-            with transaction(settings) as session:
-                user = session.get(type(user), user.id)
         request.state.user = CurrentUser(user.id, user.email, user.balance) if user else None
     return request.state.user
+
+
+def forget_user(request: Request) -> None:
+    """Drop the user read for this request (its balance just changed): the next
+    :func:`optional_user` reads it again."""
+    request.state._state.pop("user", None)
 
 
 def require_user(user: CurrentUser | None = Depends(optional_user)) -> CurrentUser:
@@ -69,7 +71,8 @@ async def verify_csrf(request: Request) -> None:
     if sent is None and request.headers.get("content-type", "").startswith(
         ("application/x-www-form-urlencoded", "multipart/form-data")
     ):
-        sent = (await request.form()).get(CSRF_FIELD)
+        field = (await request.form()).get(CSRF_FIELD)
+        sent = field if isinstance(field, str) else None
     if not cookie or not sent or not secrets.compare_digest(str(cookie), str(sent)):
         raise CsrfFailed("The security token of this request is missing or stale. Reload the page and try again.")
 

@@ -4,6 +4,8 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
 from app.accounts import service
+from app.accounts.models import User
+from app.credits import service as credits
 from app.db import transaction
 from app.errors import UserError
 from app.web import SESSION_COOKIE, CurrentUser, get_app_settings, is_secure, render, require_user, verify_csrf
@@ -36,7 +38,8 @@ def signup(request: Request, email: str = Form(""), password: str = Form("")):
     settings = get_app_settings(request)
     try:
         with transaction(settings) as session:
-            user = service.sign_up(session, settings, email, password)
+            user = service.sign_up(session, email, password)
+            credits.grant_signup_credits(session, settings, user.id)
             token = service.start_session(session, settings, user)
     except UserError as e:
         return render(request, "accounts/signup.html", status_code=422, form={"email": email}, error=e)
@@ -82,13 +85,11 @@ def change_password(
     user: CurrentUser = Depends(require_user),
 ):
     settings = get_app_settings(request)
-    from app.accounts.models import User
-
     try:
         with transaction(settings) as session:
             service.change_password(
                 session,
-                session.get(User, user.id),
+                session.get_one(User, user.id),
                 current_password,
                 new_password,
                 keep_token=request.cookies.get(SESSION_COOKIE),

@@ -14,7 +14,6 @@ from sqlalchemy.orm import Session
 
 from app.accounts.models import LoginSession, User
 from app.config import Settings
-from app.credits import ledger
 from app.db import utcnow
 from app.errors import UserError
 
@@ -46,8 +45,9 @@ def check_password_strength(password: str, email: str) -> None:
         raise UserError("That password is too easy to guess; choose another.", field="password")
 
 
-def sign_up(session: Session, settings: Settings, email: str, password: str) -> User:
-    """Create an account and grant the signup credits, in one transaction."""
+def sign_up(session: Session, email: str, password: str) -> User:
+    """Create an account with a zero balance. Accounts know nothing of credits: the caller
+    grants the welcome credits (credits.service.grant_signup_credits) in the same transaction."""
     email = normalize_email(email)
     check_password_strength(password, email)
     if session.scalar(select(User.id).where(User.email == email)) is not None:
@@ -59,15 +59,6 @@ def sign_up(session: Session, settings: Settings, email: str, password: str) -> 
             session.flush()
     except IntegrityError:
         raise UserError("An account with this email already exists. Log in instead.", field="email") from None
-    if settings.signup_grant_credits:
-        ledger.grant(
-            session,
-            user.id,
-            settings.signup_grant_credits,
-            key=f"signup:{user.id}",
-            memo="Welcome credits",
-            reference="signup",
-        )
     return user
 
 

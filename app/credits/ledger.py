@@ -10,8 +10,9 @@ debits can never spend the same credit, on SQLite and PostgreSQL alike.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, cast
 
-from sqlalchemy import func, select, update
+from sqlalchemy import CursorResult, func, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -29,7 +30,8 @@ def balance(session: Session, user_id: int) -> int:
 
 
 def ledger_sum(session: Session, user_id: int) -> int:
-    return session.scalar(select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id))
+    total = select(func.coalesce(func.sum(LedgerEntry.amount), 0)).where(LedgerEntry.user_id == user_id)
+    return session.execute(total).scalar_one()
 
 
 def has_entry(session: Session, key: str) -> bool:
@@ -103,9 +105,8 @@ def hold(session: Session, user_id: int, amount: int, *, job_id: str, memo: str)
     """Reserve ``amount`` credits for a job, or raise InsufficientCredits."""
     if amount <= 0:
         raise ValueError("a hold reserves a positive amount")
-    taken = session.execute(
-        update(User).where(User.id == user_id, User.balance >= amount).values(balance=User.balance - amount)
-    ).rowcount
+    debit = update(User).where(User.id == user_id, User.balance >= amount).values(balance=User.balance - amount)
+    taken = cast(CursorResult[Any], session.execute(debit)).rowcount  # an UPDATE's result is a cursor's
     if taken != 1:
         have = balance(session, user_id)
         raise InsufficientCredits(

@@ -6,19 +6,31 @@ import stripe
 from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
-from app.credits import pricing, service
+from app.credits import pricing, service, webhooks
 from app.credits import stripe as stripe_glue
 from app.db import transaction
 from app.errors import NotFound, ServiceUnavailable, UserError
 from app.generation.catalog import get_catalog
-from app.web import CurrentUser, get_app_settings, optional_user, render, require_user, verify_csrf
+from app.web import CurrentUser, forget_user, get_app_settings, optional_user, render, require_user, verify_csrf
 
 log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(verify_csrf)])
-webhooks = APIRouter()  # signed by Stripe, not by a browser: no session, no CSRF
+stripe_router = APIRouter()  # signed by Stripe, not by a browser: no session, no CSRF
 
 PRICING_SIZES = (256, 512, 768, 1024)
 PRICING_STEPS = (10, 20, 30, 50)
+
+
+def monthly_refill(request: Request) -> None:
+    """Give a logged-in user this month's free credits before a page or API call shows
+    or spends the balance. app.main adds it to the routers of pages and of the API
+    (not to the current-user dependency: being logged in does no billing)."""
+    settings = get_app_settings(request)
+    if not settings.monthly_refill_credits:
+        return
+    user = optional_user(request)
+    if user is not None and service.apply_monthly_refill(settings, user.id):
+        forget_user(request)  # the page shows the new balance
 
 
 @router.get("/pricing")
@@ -118,12 +130,21 @@ def receipt(request: Request, purchase_id: str, user: CurrentUser = Depends(requ
     return render(request, "credits/receipt.html", purchase=purchase, pack=settings.pack(purchase.pack_id))
 
 
-@webhooks.post("/billing/webhook", include_in_schema=False)
-async def stripe_webhook(request: Request):
+async def raw_body(request: Request) -> bytes:
+    """The exact bytes Stripe signed (awaited on the event loop; the route then runs in a thread)."""
+    return await request.body()
+
+
+@stripe_router.post("/billing/webhook", include_in_schema=False)
+def stripe_webhook(request: Request, body: bytes = Depends(raw_body)):
+    """Verify the signature, then hand the event to the handler named after its type.
+
+    A plain ``def``: handling re-reads Stripe and writes the ledger, blocking work that
+    FastAPI runs in its thread pool, so other requests go on meanwhile."""
     settings = get_app_settings(request)
-    event = stripe_glue.verify(settings, await request.body(), request.headers.get("stripe-signature"))
+    event = stripe_glue.verify(settings, body, request.headers.get("stripe-signature"))
     try:
-        outcome = stripe_glue.handle(settings, event)
+        outcome = webhooks.handle(settings, event)
     except service.PaymentMismatch as exc:
         log.error("stripe event %s refused: %s", event.id, exc)
         return JSONResponse({"error": "payment does not match the purchase"}, status_code=422)

@@ -1,5 +1,8 @@
 """Buying credits, fulfilling purchases exactly once, clawing back refunds and
-disputes, the free monthly refill, and the billing history."""
+disputes, the free credits (signup grant, monthly refill), and the billing history.
+
+Stripe is reached only through app.credits.stripe; its events arrive through
+app.credits.webhooks, which calls the functions here."""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.credits import ledger
+from app.credits import stripe as stripe_glue
 from app.credits.models import CANCELED, PAID, PENDING, LedgerEntry, Purchase
 from app.db import transaction, utcnow
 from app.errors import NotFound, ServiceUnavailable, UserError
@@ -48,17 +52,15 @@ def start_purchase(settings: Settings, user_id: int, pack_id: str, *, base_url: 
     if not settings.stripe_enabled:
         return purchase, f"/billing/test-checkout/{purchase.id}"
 
-    from app.credits import stripe as stripe_glue
-
     try:
         checkout = stripe_glue.create_checkout_session(settings, purchase, pack.name, base_url=base_url.rstrip("/"))
     except Exception as exc:
         log.exception("could not create a Stripe Checkout Session for purchase %s", purchase.id)
         with transaction(settings) as session:
-            session.get(Purchase, purchase.id).status = CANCELED
+            session.get_one(Purchase, purchase.id).status = CANCELED
         raise ServiceUnavailable("Payments are unavailable right now; you were not charged. Please try again.") from exc
     with transaction(settings) as session:
-        session.get(Purchase, purchase.id).checkout_session_id = checkout["id"]
+        session.get_one(Purchase, purchase.id).checkout_session_id = checkout["id"]
     purchase.checkout_session_id = checkout["id"]
     return purchase, checkout["url"]
 
@@ -89,8 +91,6 @@ def fulfil_checkout_session(settings: Settings, session_id: str) -> Purchase | N
     of times, concurrently: the ledger key makes the credit happen once. Returns
     the purchase (paid or still pending), or None if the session is not ours.
     """
-    from app.credits import stripe as stripe_glue
-
     checkout = stripe_glue.retrieve_checkout_session(settings, session_id)
     purchase_id = checkout.get("client_reference_id") or (checkout.get("metadata") or {}).get("purchase_id")
     with transaction(settings) as session:
@@ -145,8 +145,6 @@ def _purchase_for_payment(settings: Settings, payment_intent_id: str | None) -> 
         return found
     # The refund can arrive before the checkout's completion event: ask Stripe which
     # Checkout Session this payment belongs to, and fulfil it first.
-    from app.credits import stripe as stripe_glue
-
     for checkout in stripe_glue.checkout_sessions_for_payment(settings, payment_intent_id):
         purchase = fulfil_checkout_session(settings, checkout["id"])
         if purchase is not None and purchase.status == PAID:
@@ -154,23 +152,14 @@ def _purchase_for_payment(settings: Settings, payment_intent_id: str | None) -> 
     return None
 
 
-def _take_back(
-    settings: Settings,
-    purchase_id: str,
-    *,
-    kind: str,
-    wanted_total: int | None,
-    wanted_more: int | None,
-    key: str,
-    memo: str,
-) -> int:
+def _take_back(settings: Settings, purchase_id: str, *, kind: str, wanted: int, key: str, memo: str) -> int:
+    """Take credits back for a refund (``wanted``: the refunded total so far, as Stripe
+    reports it) or a dispute (``wanted``: this dispute's share), never more than the
+    purchase has left unaccounted for."""
     with transaction(settings) as session:
         purchase = session.execute(select(Purchase).where(Purchase.id == purchase_id).with_for_update()).scalar_one()
         accounted = purchase.refunded_credits + purchase.disputed_credits
-        if kind == ledger.REFUND:
-            delta = wanted_total - purchase.refunded_credits
-        else:
-            delta = wanted_more
+        delta = wanted - purchase.refunded_credits if kind == ledger.REFUND else wanted
         delta = max(0, min(delta, purchase.credits - accounted))
         if delta == 0 or ledger.has_entry(session, key):
             return 0
@@ -196,14 +185,13 @@ def apply_refund(settings: Settings, payment_intent_id: str | None, *, amount_re
     if purchase_id is None:
         return None
     with transaction(settings) as session:
-        purchase = session.get(Purchase, purchase_id)
+        purchase = session.get_one(Purchase, purchase_id)
         target = min(purchase.credits, purchase.credits * amount_refunded // purchase.amount)
     return _take_back(
         settings,
         purchase_id,
         kind=ledger.REFUND,
-        wanted_total=target,
-        wanted_more=None,
+        wanted=target,
         key=f"refund:{purchase_id}:{target}",
         memo="Purchase refunded",
     )
@@ -215,20 +203,33 @@ def apply_dispute(settings: Settings, payment_intent_id: str | None, *, dispute_
     if purchase_id is None:
         return None
     with transaction(settings) as session:
-        purchase = session.get(Purchase, purchase_id)
+        purchase = session.get_one(Purchase, purchase_id)
         wanted = min(purchase.credits, -(-purchase.credits * amount // purchase.amount))
     return _take_back(
         settings,
         purchase_id,
         kind=ledger.CHARGEBACK,
-        wanted_total=None,
-        wanted_more=wanted,
+        wanted=wanted,
         key=f"chargeback:{dispute_id}",
         memo="Payment disputed",
     )
 
 
 # ---- free credits ----------------------------------------------------------------------------
+
+
+def grant_signup_credits(session: Session, settings: Settings, user_id: int) -> bool:
+    """The welcome credits, once per account; called in the transaction that creates it."""
+    if not settings.signup_grant_credits:
+        return False
+    return ledger.grant(
+        session,
+        user_id,
+        settings.signup_grant_credits,
+        key=f"signup:{user_id}",
+        memo="Welcome credits",
+        reference="signup",
+    )
 
 
 def apply_monthly_refill(settings: Settings, user_id: int) -> int:
@@ -248,6 +249,11 @@ def apply_monthly_refill(settings: Settings, user_id: int) -> int:
             memo=f"Monthly free credits ({period})",
             reference=f"refill:{period}",
         )
+
+
+def balance(settings: Settings, user_id: int) -> int:
+    with transaction(settings) as session:
+        return ledger.balance(session, user_id)
 
 
 # ---- history ---------------------------------------------------------------------------------

@@ -1,8 +1,7 @@
-"""Stripe, through the official library: Checkout Sessions and signed webhooks.
+"""Stripe, through the official library: Checkout Sessions and webhook signatures.
 
-Only this module talks to Stripe. The webhook verifies the signature (endpoint
-secret, timestamp tolerance) and hands the event to the credits service, whose
-effects are idempotent, so a duplicate or out-of-order delivery changes nothing.
+Only this module talks to Stripe. It knows nothing of purchases' fate: the
+service calls it, and webhooks.py handles the events :func:`verify` lets in.
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from typing import Any
 import stripe
 
 from app.config import Settings
-from app.credits import service
 from app.credits.models import Purchase
 from app.errors import UserError
 
@@ -81,19 +79,3 @@ def verify(settings: Settings, payload: bytes, signature: str | None) -> stripe.
         raise BadWebhook("Bad or stale Stripe signature.") from None
     except ValueError:
         raise BadWebhook("The payload is not a Stripe event.") from None
-
-
-def handle(settings: Settings, event: stripe.Event) -> str:
-    """Apply one verified event; returns what happened (for the log and the reply)."""
-    obj = event.data.object.to_dict()
-    kind = event.type
-    if kind in ("checkout.session.completed", "checkout.session.async_payment_succeeded"):
-        purchase = service.fulfil_checkout_session(settings, obj["id"])
-        return f"purchase {purchase.status}" if purchase else "not ours"
-    if kind == "charge.refunded":
-        taken = service.apply_refund(settings, obj["payment_intent"], amount_refunded=obj["amount_refunded"])
-        return "not ours" if taken is None else f"took back {taken}"
-    if kind == "charge.dispute.created":
-        taken = service.apply_dispute(settings, obj["payment_intent"], dispute_id=obj["id"], amount=obj["amount"])
-        return "not ours" if taken is None else f"took back {taken}"
-    return "ignored"

@@ -1,47 +1,58 @@
-"""Object storage behind one small interface: the filesystem for the embedded
-default, any S3-compatible store for scale-out. Keys are built only here."""
+"""Object storage behind one small interface (base.py): the filesystem for the
+embedded default, any S3-compatible store for scale-out. The backend is chosen
+here, in :func:`get_storage`; keys are built in keys.py."""
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+import threading
+from functools import lru_cache
+from pathlib import Path
 
 from app.config import Settings
+from app.storage.base import ObjectNotFound, Storage
+from app.storage.filesystem import FilesystemStorage
+from app.storage.keys import image_key, input_key, preview_key, thumbnail_key
+
+__all__ = [
+    "ObjectNotFound",
+    "Storage",
+    "get_storage",
+    "image_key",
+    "input_key",
+    "preview_key",
+    "thumbnail_key",
+]
 
 
-class ObjectNotFound(KeyError):
-    pass
-
-
-class Storage(Protocol):
-    def put(self, key: str, data: bytes, content_type: str) -> None: ...
-    def get(self, key: str) -> bytes: ...
-    def delete(self, key: str) -> None: ...
-    def exists(self, key: str) -> bool: ...
-
-
-def image_key(user_id: int, job_id: str, index: int) -> str:
-    return f"images/{user_id}/{job_id}/{index}.png"
-
-
-def thumbnail_key(user_id: int, job_id: str, index: int) -> str:
-    """The image's small WebP, next to its PNG."""
-    return f"images/{user_id}/{job_id}/{index}.thumb.webp"
-
-
-def input_key(user_id: int, job_id: str, name: str) -> str:
-    """A job's input image (``source`` or ``mask``), kept with the job for the worker."""
-    return f"inputs/{user_id}/{job_id}/{name}.png"
-
-
-def preview_key(user_id: int, job_id: str) -> str:
-    return f"previews/{user_id}/{job_id}.jpg"
+_making = threading.Lock()
 
 
 def get_storage(settings: Settings) -> Storage:
-    if settings.storage == "s3":
-        from app.storage.s3 import S3Storage
+    """The store the settings name, made once per process for each storage configuration
+    (a boto3 client is slow to make and keeps its connection pool)."""
+    if settings.storage_dir is None:  # Settings fills it in; only a hand-made copy can lack it
+        raise ValueError("settings.storage_dir is not set")
+    with _making:  # boto3 makes clients from a default session that is not thread-safe
+        return _store(
+            settings.storage, settings.storage_dir, settings.s3_bucket, settings.s3_endpoint_url, settings.s3_region
+        )
 
-        return S3Storage(bucket=settings.s3_bucket, endpoint_url=settings.s3_endpoint_url, region=settings.s3_region)
-    from app.storage.filesystem import FilesystemStorage
 
-    return FilesystemStorage(settings.storage_dir)
+@lru_cache(maxsize=16)
+def _store(kind: str, storage_dir: Path, bucket: str, endpoint_url: str | None, region: str) -> Storage:
+    if kind == "s3":
+        from app.storage.s3 import S3Storage  # boto3 is imported only where S3 is configured
+
+        return S3Storage(bucket=bucket, endpoint_url=endpoint_url, region=region)
+    return FilesystemStorage(storage_dir)
+
+
+def _forget_in_child() -> None:
+    """A forked worker child must not share its parent's connection pool: it makes its own."""
+    global _making
+    _making = threading.Lock()
+    _store.cache_clear()
+
+
+os.register_at_fork(after_in_child=_forget_in_child)

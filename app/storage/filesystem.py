@@ -4,7 +4,7 @@ import os
 import tempfile
 from pathlib import Path, PurePosixPath
 
-from app.storage import ObjectNotFound
+from app.storage.base import ObjectNotFound
 
 
 class FilesystemStorage:

@@ -3,7 +3,7 @@ from __future__ import annotations
 import boto3
 from botocore.exceptions import ClientError
 
-from app.storage import ObjectNotFound
+from app.storage.base import ObjectNotFound
 
 
 class S3Storage:

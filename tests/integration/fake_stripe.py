@@ -7,6 +7,9 @@ honours the ``Idempotency-Key`` header the way Stripe does: the same key with th
 same parameters answers the first response again, the same key with other
 parameters is an ``idempotency_error``.
 
+``slow_down()`` makes it a Stripe that takes its time answering (until ``release()``),
+and ``arrived`` tells when a request came in.
+
 The test side plays Stripe's part: ``pay()`` completes a session (it gets a
 PaymentIntent and a charge), ``tamper()`` makes Stripe disagree with the purchase,
 the ``*_event`` builders make event payloads shaped like Stripe's, and ``sign()``
@@ -86,9 +89,12 @@ class FakeStripe:
     sessions_created: int = 0  # sessions really made (an idempotent replay makes none)
     drop_next_create_response: bool = False  # make the session, then hang up (a network error)
     busy_for: int = 0  # answer this many more requests with 429 rate_limit_error (not retried by the library)
+    answer_after_s: float = 0.0  # a slow Stripe: each answer waits this long, or until release()
 
     def __post_init__(self) -> None:
         self._lock = threading.Lock()
+        self.arrived = threading.Event()  # set by every request received
+        self._released = threading.Event()
         self._idempotent: dict[str, _Idempotent] = {}
         fake = self
 
@@ -124,6 +130,16 @@ class FakeStripe:
         self._server.server_close()
         self._thread.join(timeout=10)
 
+    def slow_down(self, seconds: float) -> None:
+        """From now on, answer each request only after ``seconds`` (or at :meth:`release`)."""
+        self._released.clear()
+        self.arrived.clear()
+        self.answer_after_s = seconds
+
+    def release(self) -> None:
+        """Answer the requests held by :meth:`slow_down` now, and later ones at once."""
+        self._released.set()
+
     # ---- the API -----------------------------------------------------------------------------
 
     def _serve(self, handler: BaseHTTPRequestHandler, method: str) -> None:
@@ -138,6 +154,9 @@ class FakeStripe:
             headers={k.lower(): v for k, v in handler.headers.items()},
             params=decode_form(body) if body else {},
         )
+        self.arrived.set()
+        if self.answer_after_s:
+            self._released.wait(self.answer_after_s)
         with self._lock:
             self.requests.append(recorded)
             status, answer, hang_up = self._route(recorded)

@@ -14,6 +14,7 @@ from app.cli import cli
 from app.config import get_settings
 from app.credits import ledger
 from app.credits.models import LedgerEntry
+from app.credits.service import grant_signup_credits
 from app.db import transaction
 from tests.conftest import PASSWORD, make_settings, settings_env
 
@@ -37,7 +38,9 @@ def gouache(any_db_settings):
 
 def new_user(settings, email: str) -> int:
     with transaction(settings) as session:
-        return sign_up(session, settings, email, PASSWORD).id
+        user = sign_up(session, email, PASSWORD)
+        grant_signup_credits(session, settings, user.id)  # as the sign-up route does
+        return user.id
 
 
 def admin_grants(settings, user_id: int) -> list[LedgerEntry]:

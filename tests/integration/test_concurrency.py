@@ -29,7 +29,9 @@ def new_user(settings, email: str, grant: int | None = None) -> int:
     if grant is not None:
         settings = settings.model_copy(update={"signup_grant_credits": grant})
     with transaction(settings) as session:
-        return sign_up(session, settings, email, PASSWORD).id
+        user = sign_up(session, email, PASSWORD)
+        credits.grant_signup_credits(session, settings, user.id)  # as the sign-up route does
+        return user.id
 
 
 def consistent_balance(settings, user_id: int) -> int:

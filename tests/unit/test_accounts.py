@@ -18,6 +18,7 @@ from app.accounts.service import (
     start_session,
     user_for_token,
 )
+from app.credits.service import grant_signup_credits
 from app.db import transaction, utcnow
 from app.errors import UserError
 
@@ -32,8 +33,11 @@ def email(new_email) -> str:
 
 @pytest.fixture
 def user_id(db_settings, email) -> int:
+    """An account made as the sign-up route makes it: with its welcome credits, in one transaction."""
     with transaction(db_settings) as session:
-        return sign_up(session, db_settings, email, PASSWORD).id
+        user = sign_up(session, email, PASSWORD)
+        grant_signup_credits(session, db_settings, user.id)
+        return user.id
 
 
 def log_in(settings, email: str, password: str) -> str:
@@ -49,7 +53,7 @@ def who(settings, token: str | None) -> int | None:
 
 def refused(settings, email: str, password: str) -> UserError:
     with transaction(settings) as session, pytest.raises(UserError) as excinfo:
-        sign_up(session, settings, email, password)
+        sign_up(session, email, password)
     return excinfo.value
 
 
@@ -64,7 +68,7 @@ def users_with_email(settings, email: str) -> int:
 def test_sign_up_stores_the_email_lowercased_and_trimmed(db_settings, new_email):
     address = new_email("grace")
     with transaction(db_settings) as session:
-        user = sign_up(session, db_settings, f"  {address.upper()} ", PASSWORD)
+        user = sign_up(session, f"  {address.upper()} ", PASSWORD)
     assert user.email == address
     # And logging in works however the address is typed.
     assert who(db_settings, log_in(db_settings, address.upper(), PASSWORD)) == user.id
@@ -72,6 +76,8 @@ def test_sign_up_stores_the_email_lowercased_and_trimmed(db_settings, new_email)
 
 def test_sign_up_gives_the_welcome_credits(db_settings, email, user_id):
     with transaction(db_settings) as session:
+        assert session.get(User, user_id).balance == db_settings.signup_grant_credits
+        assert not grant_signup_credits(session, db_settings, user_id)  # once per account
         assert session.get(User, user_id).balance == db_settings.signup_grant_credits
 
 
@@ -122,8 +128,8 @@ def test_the_password_is_stored_only_as_an_argon2id_hash(db_settings, email, use
 
 def test_the_same_password_hashes_differently_for_two_users(db_settings, new_email):
     with transaction(db_settings) as session:
-        a = sign_up(session, db_settings, new_email(), PASSWORD)
-        b = sign_up(session, db_settings, new_email(), PASSWORD)
+        a = sign_up(session, new_email(), PASSWORD)
+        b = sign_up(session, new_email(), PASSWORD)
     assert a.password_hash != b.password_hash  # salted
 
 
@@ -202,7 +208,7 @@ def test_an_expired_session_is_not_accepted(db_settings, email, user_id):
 def test_changing_the_password_logs_out_every_other_session(db_settings, email, user_id, new_email):
     laptop, phone, tablet = (log_in(db_settings, email, PASSWORD) for _ in range(3))
     with transaction(db_settings) as session:
-        someone_else = sign_up(session, db_settings, new_email("other"), PASSWORD)
+        someone_else = sign_up(session, new_email("other"), PASSWORD)
         their_token = start_session(session, db_settings, someone_else)
 
     with transaction(db_settings) as session:

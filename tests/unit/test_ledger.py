@@ -17,6 +17,7 @@ from app.accounts.models import User
 from app.accounts.service import sign_up
 from app.credits import ledger
 from app.credits.models import LedgerEntry
+from app.credits.service import grant_signup_credits
 from app.db import transaction
 from app.errors import InsufficientCredits
 
@@ -25,7 +26,9 @@ PASSWORD = "correct horse battery"
 
 def new_user(settings, email: str) -> int:
     with transaction(settings) as session:
-        return sign_up(session, settings, email, PASSWORD).id
+        user = sign_up(session, email, PASSWORD)
+        grant_signup_credits(session, settings, user.id)  # as the sign-up route does
+        return user.id
 
 
 def entries(settings, user_id: int, job_id: str | None = None) -> list[LedgerEntry]:
@@ -224,7 +227,7 @@ def test_concurrent_holds_never_spend_the_same_credit(db_settings, user):
 
 
 def machine_user(settings, email: str) -> int:
-    """An account with its welcome grant, as sign_up makes it, minus the deliberately slow
+    """An account with its welcome grant, as signing up makes it, minus the deliberately slow
     password hash (half the machine's time otherwise)."""
     with transaction(settings) as session:
         user = User(email=email, password_hash="!", balance=0)

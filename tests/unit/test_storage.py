@@ -149,3 +149,35 @@ def test_get_storage_defaults_to_files_under_the_data_dir(make_settings, tmp_pat
     assert isinstance(store, FilesystemStorage)
     store.put(KEY, PNG, "image/png")
     assert (tmp_path / "objects" / KEY).read_bytes() == PNG
+
+
+# One store per process and configuration
+
+
+def test_get_storage_makes_one_s3_client_per_configuration(make_settings, tmp_path, s3_endpoint, bucket, monkeypatch):
+    made: list[str] = []
+    real_client = boto3.client
+
+    def counting_client(*args, **kwargs):
+        made.append(kwargs.get("endpoint_url"))
+        return real_client(*args, **kwargs)
+
+    monkeypatch.setattr(boto3, "client", counting_client)
+    settings = make_settings(tmp_path, storage="s3", s3_endpoint_url=s3_endpoint, s3_bucket=bucket)
+    store = get_storage(settings)
+    # Eleven call sites ask for it on every request and task: they all get the same client.
+    assert all(get_storage(settings) is store for _ in range(10))
+    assert get_storage(settings.model_copy(update={"price_base_credits": 3.0})) is store  # other fields don't matter
+    assert made == [s3_endpoint]
+
+    elsewhere = get_storage(settings.model_copy(update={"s3_bucket": f"{bucket}-other"}))
+    assert elsewhere is not store and made == [s3_endpoint, s3_endpoint]
+
+
+def test_get_storage_follows_the_storage_settings(make_settings, tmp_path):
+    here = make_settings(tmp_path / "a")
+    assert get_storage(here) is get_storage(make_settings(tmp_path / "a"))
+    there = get_storage(make_settings(tmp_path / "b"))
+    assert there is not get_storage(here)
+    there.put(KEY, PNG, "image/png")
+    assert (tmp_path / "b" / "objects" / KEY).exists() and not (tmp_path / "a" / "objects" / KEY).exists()
