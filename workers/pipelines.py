@@ -21,6 +21,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
+from PIL import Image
 
 from app.config import Settings
 from app.generation.catalog import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR
@@ -199,7 +200,7 @@ def sample(
     mask=None,
     strength: float | None = None,
     on_step: Callable[[int, int, object], None] | None = None,
-) -> list[tuple[object, int]]:
+) -> list[tuple[Image.Image, int]]:
     """Run the model: text-to-image, or image-to-image from ``image`` (at ``strength``),
     or inpainting of ``mask``'s white area of ``image``. Image i uses seed ``seed + i``
     (so any one image can be made again alone). ``on_step(done, total)`` follows the
