@@ -20,7 +20,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from workers.demo import judge, scenes  # noqa: E402
+from tools.demo import judge, scenes  # noqa: E402
 
 GOALS = {"colours": 0.80, "shape": 0.60}
 

@@ -91,7 +91,7 @@ class Worker:
         self.log_path = log_path
         self._log = open(log_path, "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "app.cli", "worker", "--loglevel", "INFO", *(["--models", models] * bool(models))],
+            [sys.executable, "-m", "workers.cli", "worker", "--loglevel=INFO", *(["--models", models] * bool(models))],
             cwd=REPO_ROOT,
             env=settings_env(settings),
             stdout=self._log,

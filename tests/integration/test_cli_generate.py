@@ -5,9 +5,9 @@ from __future__ import annotations
 from PIL import Image
 from typer.testing import CliRunner
 
-from app.cli import cli
 from app.config import get_settings
 from tests.conftest import settings_env
+from workers.cli import cli
 
 
 def run_generate(settings, *args):

@@ -13,7 +13,7 @@ from app.gallery.models import Image
 from app.generation.catalog import BUILTIN_DEMO_MODEL
 from app.storage import get_storage
 from tests.conftest import make_settings, migrated, wait_for_job
-from workers.demo import judge, scenes
+from tools.demo import judge, scenes
 
 pytestmark = pytest.mark.worker
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from workers.demo.train import TrainConfig, train
+from tools.demo.train import TrainConfig, train
 
 
 def toy_config(out: Path, **overrides) -> TrainConfig:
@@ -96,7 +96,7 @@ def test_the_command_refuses_bad_options_with_a_message(tmp_path):
     import torch
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from workers.cli import cli
 
     def run(*args):
         return CliRunner().invoke(cli, ["train-demo", "--out", str(tmp_path / "run"), *args])

@@ -14,7 +14,7 @@ from collections import Counter
 
 import pytest
 
-from workers.demo.judge import (
+from tools.demo.judge import (
     colour_match,
     count_match,
     evaluate_shape_classifier,
@@ -23,7 +23,7 @@ from workers.demo.judge import (
     position_match,
     train_shape_classifier,
 )
-from workers.demo.scenes import (
+from tools.demo.scenes import (
     COLOUR_NAMES,
     COLOURS,
     HELD_OUT,

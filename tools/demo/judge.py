@@ -1,7 +1,7 @@
 """Automatic judge for demo-model pictures: right colours, right shape, right place, right count?
 
 Every check starts from the same reading of the image: each pixel is given the
-name of the nearest palette colour (:data:`workers.demo.scenes.COLOURS`), the
+name of the nearest palette colour (:data:`tools.demo.scenes.COLOURS`), the
 background is the most common colour in the outer frame, and everything else
 is "foreground". The palette is far apart, so this survives the blur and noise
 of a generated picture better than any exact-colour test would.
@@ -9,7 +9,7 @@ of a generated picture better than any exact-colour test would.
 The shape is read by a tiny CNN trained here on rendered scenes. Its input is
 the largest foreground blob, cropped to a square and scaled to 32x32, so it
 sees a silhouette and never colour, size or position. Train it with
-``python -m workers.demo.judge --out shape_classifier.pt``.
+``python -m tools.demo.judge --out shape_classifier.pt``.
 """
 
 from __future__ import annotations

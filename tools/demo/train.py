@@ -102,7 +102,7 @@ def build_tokenizer(cfg: TrainConfig):
 
     from transformers import CLIPTokenizer
 
-    from workers.demo import scenes
+    from tools.demo import scenes
 
     folder = cfg.checkpoints / "tokenizer-src"
     folder.mkdir(parents=True, exist_ok=True)
@@ -228,7 +228,7 @@ def _scene_batch(
     """``n`` drawn scenes as a [-1, 1] float batch on ``device``, and their captions."""
     import numpy as np
 
-    from workers.demo import scenes
+    from tools.demo import scenes
 
     images, captions = [], []
     for _ in range(n):
@@ -347,7 +347,8 @@ def _caption_context(cfg: TrainConfig, tokenizer, text_encoder, captions: list[s
 
 
 def train_unet(cfg: TrainConfig, tokenizer, data: dict):
-    from diffusers import DDPMScheduler, UNet2DConditionModel
+    from diffusers import UNet2DConditionModel
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler  # the module: mypy sees diffusers' dummies
     from transformers import CLIPTextModel
 
     device = cfg.torch_device
@@ -452,7 +453,8 @@ def export(cfg: TrainConfig, tokenizer, vae, unet, text_encoder, scaling: float)
         requires_safety_checker=False,
     )
     cfg.model_dir.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(cfg.model_dir, safe_serialization=True)
+    # mypy sees diffusers' dummy class (the module's own annotations reject None and our scheduler)
+    pipe.save_pretrained(cfg.model_dir, safe_serialization=True)  # type: ignore[attr-defined]
     # the recipe, without the machine's own paths
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("on_progress", "out", "init_from", "device")}
     recipe["device"] = cfg.torch_device.type
