@@ -2,7 +2,7 @@
 
 Seeds one user's gallery with 1,000 and with 100,000 images straight into fresh
 databases (Core bulk inserts, no model, no files), then times the first page of each
-single filter and of the prompt search through `gallery.service.list_images` (the
+single filter and of the prompt search through `gallery.search.list_images` (the
 query and the rows the page renders), both sizes side by side in one run. Prints, per
 query, the median and p95 in ms at each size and the ratio 100k/1k of the medians
 (goal <= 1.5).
@@ -33,7 +33,7 @@ from sqlalchemy.pool import NullPool  # noqa: E402
 from app.accounts.models import User  # noqa: E402
 from app.config import Settings  # noqa: E402
 from app.db import _engine_for, transaction  # noqa: E402
-from app.gallery import service  # noqa: E402
+from app.gallery import search  # noqa: E402
 from app.gallery.models import Collection, CollectionImage, Image, aspect_of  # noqa: E402
 from app.generation.models import Job  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
@@ -133,13 +133,13 @@ def time_queries(galleries: list[tuple[Settings, dict]], repeat: int) -> list[di
     def first_page(settings, info, filters, after):
         with transaction(settings) as session:
             started = time.perf_counter()
-            page = service.list_images(session, info["owner"], filters, after)
+            page = search.list_images(session, info["owner"], filters, after)
             return (time.perf_counter() - started) * 1000, page
 
     def filter_menu(settings, info, _filters, _after):
         with transaction(settings) as session:
             started = time.perf_counter()
-            options = service.model_options(session, info["owner"])
+            options = search.model_options(session, info["owner"])
             return (time.perf_counter() - started) * 1000, options
 
     names = list(queries(galleries[0][1])) + ["model list (filter menu)"]
@@ -147,11 +147,11 @@ def time_queries(galleries: list[tuple[Settings, dict]], repeat: int) -> list[di
         runs = []
         for settings, info in galleries:
             params = dict(queries(info).get(name, {}))
-            filters = service.parse_filters(params)
+            filters = search.parse_filters(params)
             after = None
             for _ in range(params.pop("page", 1) - 1):  # a later page: its cursor, untimed
                 with transaction(settings) as session:
-                    after = service.list_images(session, info["owner"], filters, after).next_cursor
+                    after = search.list_images(session, info["owner"], filters, after).next_cursor
             runs.append((settings, info, filters, after))
         timed = filter_menu if name == "model list (filter menu)" else first_page
         for i in range(repeat + 3):
@@ -209,7 +209,7 @@ def main() -> None:
             admin.dispose()
 
     db = "PostgreSQL" if admin is not None else "SQLite"
-    print(f"\nFirst page ({service.PAGE_SIZE} images) on {db}: ms (median, p95); ratio = median {large:,}/{small:,}")
+    print(f"\nFirst page ({search.PAGE_SIZE} images) on {db}: ms (median, p95); ratio = median {large:,}/{small:,}")
     heads = (f"{small:,} med", f"{small:,} p95", f"{large:,} med", f"{large:,} p95")
     print(f"{'query':<26} {heads[0]:>10} {heads[1]:>10} {heads[2]:>11} {heads[3]:>11} {'ratio':>7}")
     worst = 0.0

@@ -1,12 +1,15 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 
 from sqlalchemy import BigInteger, Boolean, ForeignKey, Index, Integer, String, UniqueConstraint, false
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 
 from app.db import Base, utcnow
-from app.generation.models import Job
+
+if TYPE_CHECKING:  # generation imports the gallery, never the other way round at runtime
+    from app.generation.models import Job
 
 ASPECTS = ("square", "portrait", "landscape")
 
@@ -51,7 +54,8 @@ class Image(Base):
     favourite: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
-    job: Mapped[Job] = relationship(lazy="joined")
+    # "Job" is found in the mapper registry: whoever uses Image imports app.generation.models too
+    job: Mapped[Job] = relationship("Job", lazy="joined")
 
 
 class Collection(Base):

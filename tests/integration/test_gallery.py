@@ -20,7 +20,17 @@ from sqlalchemy import select, text
 
 from app.db import transaction
 from app.errors import NotFound, UserError
-from app.gallery import service
+from app.gallery import search, service
+from app.gallery.collections import (
+    add_to_collection,
+    collections_of,
+    create_collection,
+    delete_collection,
+    get_collection,
+    list_collections,
+    remove_from_collection,
+    rename_collection,
+)
 from app.gallery.models import CollectionImage, Image
 from app.migrate import alembic_config, upgrade
 from app.storage import get_storage
@@ -52,17 +62,17 @@ def seeded(any_db_settings):
         )  # fmt: skip
     add_image(settings, bob, "a red lighthouse at dusk", created_at=T0, favourite=True, files=False)
     with transaction(settings) as session:
-        lighthouses = service.create_collection(session, ada, "Lighthouses").id
-        cats = service.create_collection(session, ada, "Cats").id
-        service.add_to_collection(session, ada, lighthouses, [ids[1], ids[2], ids[7]])
-        service.add_to_collection(session, ada, cats, [ids[3], ids[4], ids[1]])  # 1 is in both
+        lighthouses = create_collection(session, ada, "Lighthouses").id
+        cats = create_collection(session, ada, "Cats").id
+        add_to_collection(session, ada, lighthouses, [ids[1], ids[2], ids[7]])
+        add_to_collection(session, ada, cats, [ids[3], ids[4], ids[1]])  # 1 is in both
     return settings, ada, ids, {"Lighthouses": lighthouses, "Cats": cats}
 
 
 def shown(settings, owner, ids, after=None, limit=100, **filters) -> list[int]:
     number = {image_id: n for n, image_id in ids.items()}
     with transaction(settings) as session:
-        page = service.list_images(session, owner, service.parse_filters(filters), after, limit)
+        page = search.list_images(session, owner, search.parse_filters(filters), after, limit)
         return [number[image.id] for image in page.images]
 
 
@@ -112,7 +122,7 @@ def test_keyset_pages_walk_every_image_once_in_order(seeded, sort):
     walked, after = [], None
     with transaction(settings) as session:
         while True:
-            page = service.list_images(session, ada, service.Filters(sort=sort), after, limit=2)
+            page = search.list_images(session, ada, search.Filters(sort=sort), after, limit=2)
             walked += [image.id for image in page.images]
             if not page.has_next:
                 break
@@ -124,7 +134,7 @@ def test_keyset_pages_walk_every_image_once_in_order(seeded, sort):
 def test_an_image_made_meanwhile_does_not_shift_the_next_page(seeded):
     settings, ada, ids, _ = seeded
     with transaction(settings) as session:
-        first = service.list_images(session, ada, service.Filters(), limit=3)
+        first = search.list_images(session, ada, search.Filters(), limit=3)
     add_image(settings, ada, "brand new", files=False)
     assert shown(settings, ada, ids, after=first.next_cursor, limit=3) == [4, 3, 2]
 
@@ -133,16 +143,16 @@ def test_neighbours_follow_the_filters(seeded):
     settings, ada, ids, _ = seeded
     with transaction(settings) as session:
         image = session.get(Image, ids[2])
-        assert service.neighbours(session, ada, image, service.Filters(q="lighthouse")) == (ids[7], ids[1])
-        assert service.neighbours(session, ada, image, service.Filters(sort="oldest")) == (ids[1], ids[3])
+        assert search.neighbours(session, ada, image, search.Filters(q="lighthouse")) == (ids[7], ids[1])
+        assert search.neighbours(session, ada, image, search.Filters(sort="oldest")) == (ids[1], ids[3])
         newest = session.get(Image, ids[7])
-        assert service.neighbours(session, ada, newest, service.Filters()) == (None, ids[6])
+        assert search.neighbours(session, ada, newest, search.Filters()) == (None, ids[6])
 
 
 def test_the_model_list_has_each_model_once(seeded):
     settings, ada, _, _ = seeded
     with transaction(settings) as session:
-        assert service.model_options(session, ada) == ["models/alpha", "models/beta"]
+        assert search.model_options(session, ada) == ["models/alpha", "models/beta"]
 
 
 @pytest.mark.parametrize(
@@ -159,7 +169,7 @@ def test_the_model_list_has_each_model_once(seeded):
 )
 def test_bad_filter_values_are_refused_with_a_message(params, field):
     with pytest.raises(UserError) as error:
-        service.parse_filters(params)
+        search.parse_filters(params)
     assert error.value.field == field and error.value.status_code == 422
 
 
@@ -167,37 +177,37 @@ def test_collections_are_created_renamed_filled_and_deleted(seeded):
     settings, ada, ids, collections = seeded
     with transaction(settings) as session:
         with pytest.raises(UserError, match="already have"):
-            service.create_collection(session, ada, "  cats ")
+            create_collection(session, ada, "  cats ")
         with pytest.raises(UserError, match="name"):
-            service.create_collection(session, ada, "   ")
-        service.rename_collection(session, ada, collections["Cats"], "Cats & kittens")
-        assert service.add_to_collection(session, ada, collections["Cats"], [ids[3], ids[6]]) == 1  # 3 was in it
-        assert service.collections_of(session, ada, ids[1]) == {collections["Cats"], collections["Lighthouses"]}
-        service.remove_from_collection(session, ada, collections["Cats"], [ids[1]])
-        summary = {c.name: (c.count, c.cover_id) for c in service.list_collections(session, ada)}
+            create_collection(session, ada, "   ")
+        rename_collection(session, ada, collections["Cats"], "Cats & kittens")
+        assert add_to_collection(session, ada, collections["Cats"], [ids[3], ids[6]]) == 1  # 3 was in it
+        assert collections_of(session, ada, ids[1]) == {collections["Cats"], collections["Lighthouses"]}
+        remove_from_collection(session, ada, collections["Cats"], [ids[1]])
+        summary = {c.name: (c.count, c.cover_id) for c in list_collections(session, ada)}
         assert summary == {"Cats & kittens": (3, ids[6]), "Lighthouses": (3, ids[7])}
-        service.delete_collection(session, ada, collections["Lighthouses"])
+        delete_collection(session, ada, collections["Lighthouses"])
     assert shown(settings, ada, ids) == [7, 6, 5, 4, 3, 2, 1]  # the images stay
     with transaction(settings) as session:
         left = session.scalars(select(CollectionImage.collection_id)).all()
         assert set(left) == {collections["Cats"]}
         with pytest.raises(NotFound):
-            service.get_collection(session, ada, collections["Lighthouses"])
+            get_collection(session, ada, collections["Lighthouses"])
 
 
 def test_another_users_ids_are_not_found_in_the_service(seeded):
     settings, ada, ids, collections = seeded
     bob = user_id(settings, "bob@example.com")
     with transaction(settings) as session:
-        mine = service.create_collection(session, bob, "Bob's").id
+        mine = create_collection(session, bob, "Bob's").id
         for attempt in (
             lambda: service.get_image(session, bob, ids[1]),
             lambda: service.set_favourite(session, bob, ids[1], False),
-            lambda: service.add_to_collection(session, bob, mine, [ids[1]]),
-            lambda: service.add_to_collection(session, ada, mine, [ids[1]]),
-            lambda: service.list_images(session, bob, service.Filters(collection=collections["Cats"])),
-            lambda: service.rename_collection(session, bob, collections["Cats"], "Mine now"),
-            lambda: service.delete_collection(session, bob, collections["Cats"]),
+            lambda: add_to_collection(session, bob, mine, [ids[1]]),
+            lambda: add_to_collection(session, ada, mine, [ids[1]]),
+            lambda: search.list_images(session, bob, search.Filters(collection=collections["Cats"])),
+            lambda: rename_collection(session, bob, collections["Cats"], "Mine now"),
+            lambda: delete_collection(session, bob, collections["Cats"]),
         ):
             with pytest.raises(NotFound):
                 attempt()
@@ -228,7 +238,7 @@ def searchable(any_db_settings):
 
 def brute_force(made, q="", mode="", favourites=False, sort="newest") -> list[str]:
     """What the gallery must show: every image filter by filter, in (created_at, id) order."""
-    words = service.search_words(q)
+    words = search.search_words(q)
 
     def matches(prompt: str) -> bool:
         tokens = re.findall(r"[^\W_]+", prompt.lower())
@@ -261,11 +271,11 @@ def test_search_pages_match_a_brute_force_filter(searchable, params, limit):
     """Every page of a search, walked with its cursor, is exactly the matching images in
     order: a common word, a rare one, several words, with other filters, both sorts."""
     settings, ada, made = searchable
-    filters = service.parse_filters(params)
+    filters = search.parse_filters(params)
     walked, after = [], None
     with transaction(settings) as session:
         while True:
-            page = service.list_images(session, ada, filters, after, limit=limit)
+            page = search.list_images(session, ada, filters, after, limit=limit)
             assert len(page.images) == limit or not page.has_next
             walked += [image.id for image in page.images]
             if not page.has_next:
@@ -282,14 +292,14 @@ def test_search_windows_of_any_size_give_the_same_pages(searchable, monkeypatch,
     """SQLite's windowed search with tiny windows (edges inside runs of one created_at),
     and with the plain query taking over after a few windows: the same pages."""
     settings, ada, made = searchable
-    monkeypatch.setattr(service, "WINDOW_FIRST", first)
-    monkeypatch.setattr(service, "WINDOW_WALK_LIMIT", walk_limit)
-    filters = service.parse_filters(params)
+    monkeypatch.setattr(search, "WINDOW_FIRST", first)
+    monkeypatch.setattr(search, "WINDOW_WALK_LIMIT", walk_limit)
+    filters = search.parse_filters(params)
     expected = brute_force(made, filters.q, filters.mode, filters.favourites, filters.sort)
     walked, after = [], None
     with transaction(settings) as session:
         while True:
-            page = service.list_images(session, ada, filters, after, limit=5)
+            page = search.list_images(session, ada, filters, after, limit=5)
             walked += [image.id for image in page.images]
             if not page.has_next:
                 break
@@ -298,20 +308,20 @@ def test_search_windows_of_any_size_give_the_same_pages(searchable, monkeypatch,
             image = session.get(Image, expected[i])
             before = expected[i - 1] if i > 0 else None
             later = expected[i + 1] if i + 1 < len(expected) else None
-            assert service.neighbours(session, ada, image, filters) == (before, later)
+            assert search.neighbours(session, ada, image, filters) == (before, later)
     assert walked == expected
 
 
 def test_search_neighbours_match_a_brute_force_filter(searchable):
     settings, ada, made = searchable
-    filters = service.Filters(q="cat")
+    filters = search.Filters(q="cat")
     expected = brute_force(made, "cat")
     with transaction(settings) as session:
         for i in (0, 1, len(expected) // 2, len(expected) - 1):
             image = session.get(Image, expected[i])
             before = expected[i - 1] if i > 0 else None
             after = expected[i + 1] if i + 1 < len(expected) else None
-            assert service.neighbours(session, ada, image, filters) == (before, after)
+            assert search.neighbours(session, ada, image, filters) == (before, after)
 
 
 def test_deleted_images_leave_the_search(searchable):
@@ -377,7 +387,7 @@ def test_migrating_an_existing_gallery_fills_the_new_columns_and_the_search(tmp_
             assert (image.mode, image.model, image.aspect, image.favourite, image.thumbnail_key) == (
                 "img2img", "old-model", "landscape", False, None,
             )  # fmt: skip
-            page = service.list_images(session, owner, service.Filters(q="harbour", mode="img2img"))
+            page = search.list_images(session, owner, search.Filters(q="harbour", mode="img2img"))
             assert [i.id for i in page.images] == ["i1"], db
 
 
@@ -394,11 +404,11 @@ def ada_and_bob(make_client, settings):
 def test_the_grid_pages_with_htmx_and_keeps_filters_in_links(settings, make_client):
     ada, _ = ada_and_bob(make_client, settings)
     owner = user_id(settings, "ada@example.com")
-    for i in range(service.PAGE_SIZE + 5):
+    for i in range(search.PAGE_SIZE + 5):
         add_image(settings, owner, f"harbour number {i}", created_at=T0 + timedelta(minutes=i), files=False)
     page = ada.get("/gallery", params={"q": "harbour"})
     assert page.status_code == 200
-    assert page.text.count('class="cell"') == service.PAGE_SIZE
+    assert page.text.count('class="cell"') == search.PAGE_SIZE
     assert "harbour number 34" in page.text and "harbour number 4<" not in page.text
     more = re.search(r'hx-get="(/gallery\?q=harbour&(?:amp;)?after=[\w-]+)"', page.text)
     assert more, "the last tile asks for the next page when revealed"
@@ -422,7 +432,7 @@ def test_bad_gallery_urls_answer_4xx_with_a_message(settings, make_client):
         assert response.status_code == 422, params
         assert message in response.text
     with transaction(settings) as session:
-        theirs = service.create_collection(session, user_id(settings, "bob@example.com"), "Bob's").id
+        theirs = create_collection(session, user_id(settings, "bob@example.com"), "Bob's").id
     assert ada.get("/gallery", params={"collection": theirs}).status_code == 404
     assert ada.get("/gallery", params={"collection": "nonsense"}).status_code == 404
     assert ada.form("/gallery/bulk", {"action": "explode", "ids": "x"}).status_code == 422
@@ -441,9 +451,9 @@ def test_another_user_gets_404_for_every_url_and_id(settings, make_client):
     image = add_image(settings, a, "ada's secret garden")
     bobs_image = add_image(settings, b, "bob's own")
     with transaction(settings) as session:
-        adas_collection = service.create_collection(session, a, "Ada's").id
-        bobs_collection = service.create_collection(session, b, "Bob's").id
-        service.add_to_collection(session, a, adas_collection, [image])
+        adas_collection = create_collection(session, a, "Ada's").id
+        bobs_collection = create_collection(session, b, "Bob's").id
+        add_to_collection(session, a, adas_collection, [image])
         job = session.get(Image, image).job_id
     for url in (
         f"/gallery/{image}", f"/images/{image}.png", f"/images/{image}.png?download=true", f"/images/{image}.webp",
@@ -472,10 +482,10 @@ def test_another_user_gets_404_for_every_url_and_id(settings, make_client):
     with transaction(settings) as session:
         row = session.get(Image, image)
         assert row is not None and row.favourite is False
-        assert service.collections_of(session, a, image) == {adas_collection}
-        assert service.get_collection(session, a, adas_collection).name == "Ada's"
+        assert collections_of(session, a, image) == {adas_collection}
+        assert get_collection(session, a, adas_collection).name == "Ada's"
         assert session.get(Image, bobs_image) is not None
-        assert [c.name for c in service.list_collections(session, b)] == ["Bob's"]
+        assert [c.name for c in list_collections(session, b)] == ["Bob's"]
     assert get_storage(settings).exists(row.storage_key)
     assert ada.get(f"/images/{image}.png").status_code == 200
 
@@ -492,7 +502,7 @@ def test_favourite_and_collections_through_the_pages(settings, make_client):
     made = ada.form("/gallery/bulk", {"action": "collect", "name": "Water", "ids": [first, second], "next": "/gallery"})
     assert made.status_code == 303
     with transaction(settings) as session:
-        [water] = service.list_collections(session, owner)
+        [water] = list_collections(session, owner)
     assert water.name == "Water" and water.count == 2
     page = ada.get(f"/gallery?collection={water.id}")
     assert "Collection ·" in page.text and "a loud city" in page.text
@@ -567,8 +577,8 @@ def test_deleting_removes_images_and_every_object_they_had(storage_settings, mak
     several = [add_image(settings, owner, f"delete me in bulk {i}") for i in range(3)]
     assert ada.get(f"/images/{old}.webp").status_code == 200  # its thumbnail is made now
     with transaction(settings) as session:
-        shelf = service.create_collection(session, owner, "Shelf").id
-        service.add_to_collection(session, owner, shelf, [one, old, keep, *several])
+        shelf = create_collection(session, owner, "Shelf").id
+        add_to_collection(session, owner, shelf, [one, old, keep, *several])
         keep_keys = {session.get(Image, keep).storage_key, session.get(Image, keep).thumbnail_key}
     assert len(stored_keys(settings)) == 12  # six PNGs, six thumbnails
 
