@@ -35,7 +35,8 @@ T = TypeVar("T")
 
 SLACK_S = 0.2  # how much longer than normal a quick request may take while something slow runs
 SLOW_S = 60.0  # the slow thing's own limit; each story releases it as soon as it has measured
-QUICK = ("/static/css/app.css", "/login")  # a static file (the loop alone) and a page (the thread pool)
+# A static file (the loop alone), a page and a price quote (the thread pool and the database).
+QUICK = ("/static/css/app.css", "/login", "/api/v1/quote?size=128x128&steps=4&n=2")
 WEBHOOK_SECRET = "whsec_test"
 
 
@@ -163,3 +164,60 @@ def test_a_slow_stripe_does_not_hold_up_other_requests(stripe_settings, fake):
     with transaction(stripe_settings) as session:
         user_id = session.scalar(select(User.id).where(User.email == "ada@example.com"))
         assert ledger.balance(session, user_id) == stripe_settings.signup_grant_credits + 1000
+
+
+class SlowStore:
+    """The real store, but reading an original waits until released (a slow S3)."""
+
+    def __init__(self, store) -> None:
+        self.store = store
+        self.reading = threading.Event()
+        self.go_on = threading.Event()
+
+    def get(self, key: str) -> bytes:
+        self.reading.set()
+        self.go_on.wait(SLOW_S)
+        return self.store.get(key)
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+
+def test_a_large_zip_download_does_not_hold_up_other_requests(tmp_path, monkeypatch):
+    import io
+    import zipfile
+
+    from app.gallery import export
+    from app.storage import get_storage
+    from tests.gallery_data import add_image
+
+    settings = migrated(make_settings(tmp_path / "data", BUILTIN_TINY_MODEL))
+    slow = SlowStore(get_storage(settings))
+    monkeypatch.setattr(export, "get_storage", lambda _settings: slow)
+    with live_server(create_app(settings)) as url:
+        with httpx.Client(base_url=url) as browser:
+            browser.get("/login")
+            csrf = browser.cookies["gouache_csrf"]
+            signed_up = browser.post(
+                "/signup", data={"email": "ada@example.com", "password": PASSWORD, "csrf_token": csrf}
+            )
+            assert signed_up.status_code == 303, signed_up.text
+            with transaction(settings) as session:
+                ada = session.scalar(select(User.id).where(User.email == "ada@example.com"))
+            ids = [add_image(settings, ada, f"picture {i}", size=(512, 512), colour=(i, 90, 200)) for i in range(24)]
+            normal = normal_times(url)
+
+            def download() -> httpx.Response:
+                return browser.post(
+                    "/gallery/download",
+                    data={"ids": ids, "csrf_token": csrf},
+                    timeout=SLOW_S + 30,
+                )
+
+            with in_flight(download, under_way=slow.reading, release=slow.go_on.set) as zipped:
+                assert_answers_promptly(url, normal)
+
+    response = zipped.result()
+    assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
+    with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 24
