@@ -202,7 +202,6 @@ def _open(data: bytes) -> Image.Image:
 
 def parameters(settings: Settings, job: Job, seed: int) -> metadata.Parameters:
     """What the PNG records about how it was made (AUTOMATIC1111's fields)."""
-    model = get_catalog(settings).find(job.model)
     return metadata.Parameters(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
@@ -212,7 +211,7 @@ def parameters(settings: Settings, job: Job, seed: int) -> metadata.Parameters:
         seed=seed,
         width=job.width,
         height=job.height,
-        model=model.name if model else job.model,
+        model=get_catalog(settings).display_name(job.model),
         extra=(
             *((("Denoising strength", f"{job.strength:g}"), ("Mode", job.mode)) if job.strength is not None else ()),
             ("Licence", job.licence or "unspecified"),
