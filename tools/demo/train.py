@@ -346,13 +346,11 @@ def _caption_context(cfg: TrainConfig, tokenizer, text_encoder, captions: list[s
     return table, index
 
 
-def train_unet(cfg: TrainConfig, tokenizer, data: dict):
+def _unet_and_text_encoder(cfg: TrainConfig, tokenizer):
+    """A fresh UNet and text encoder, or those of the model ``--init-from`` names."""
     from diffusers import UNet2DConditionModel
-    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler  # the module: mypy sees diffusers' dummies
     from transformers import CLIPTextModel
 
-    device = cfg.torch_device
-    path = cfg.checkpoints / "unet.pt"
     torch.manual_seed(cfg.seed * 1000 + 3)
     unet = make_unet(cfg)
     text_encoder = make_text_encoder(cfg, len(tokenizer.get_vocab()))
@@ -360,8 +358,77 @@ def train_unet(cfg: TrainConfig, tokenizer, data: dict):
         text_encoder = CLIPTextModel.from_pretrained(cfg.init_from, subfolder="text_encoder")
         if cfg.init_unet:
             unet = UNet2DConditionModel.from_pretrained(cfg.init_from, subfolder="unet")
-    unet.to(device)
-    text_encoder.to(device)
+    unet.to(cfg.torch_device)
+    text_encoder.to(cfg.torch_device)
+    return unet, text_encoder
+
+
+@dataclass
+class _UnetBatches:
+    """What each UNet step draws its batch from, all on the training device."""
+
+    latents: torch.Tensor
+    table: torch.Tensor  # the text encoder's output (or token ids, when it trains) per caption
+    caption_row: torch.Tensor  # each scene's row in ``table``
+    alphas: torch.Tensor  # the noise schedule's cumulative alphas
+    timesteps: int
+
+    @property
+    def empty_row(self) -> int:
+        return self.table.shape[0] - 1  # the empty caption, for classifier-free guidance
+
+
+def _unet_loss(cfg: TrainConfig, unet, text_encoder, batches: _UnetBatches, gen: torch.Generator, autocast):
+    """One batch: noise latents to random timesteps and score the UNet's prediction."""
+    device = cfg.torch_device
+    idx = torch.randint(0, len(batches.caption_row), (cfg.unet_batch,), generator=gen, device=device)
+    x0 = batches.latents[idx]
+    # drawn on the device: a host-to-device copy each step would wait for the queued work
+    dropped = torch.rand(cfg.unet_batch, generator=gen, device=device) < cfg.caption_dropout
+    rows = torch.where(dropped, batches.empty_row, batches.caption_row[idx])
+    noise = torch.randn(x0.shape, generator=gen, device=device)
+    t = torch.randint(0, batches.timesteps, (x0.shape[0],), generator=gen, device=device)
+    a = batches.alphas[t].sqrt().view(-1, 1, 1, 1)
+    s = (1 - batches.alphas[t]).sqrt().view(-1, 1, 1, 1)
+    noisy = a * x0 + s * noise
+    target = a * noise - s * x0 if cfg.prediction_type == "v_prediction" else noise
+    with autocast:
+        context = text_encoder(batches.table[rows])[0] if cfg.text_trainable else batches.table[rows]
+        pred = unet(noisy, t, encoder_hidden_states=context).sample
+    return F.mse_loss(pred.float(), target)
+
+
+class _Pacer:
+    """Fits the UNet stage into ``cfg.time_budget_s``: the pace is measured over 50 steps
+    after a 20-step warm-up (kernels, caches), then ``cfg.unet_steps`` is cut to what fits."""
+
+    def __init__(self, cfg: TrainConfig, first_step: int) -> None:
+        self.cfg, self.first_step = cfg, first_step
+        self.started = self.paced = time.perf_counter()
+
+    def after(self, step: int) -> None:
+        cfg = self.cfg
+        if not cfg.time_budget_s:
+            return
+        if step == self.first_step + 20:
+            _wait_for(cfg.torch_device)
+            self.paced = time.perf_counter()
+        if step == self.first_step + 70:
+            _wait_for(cfg.torch_device)
+            now = time.perf_counter()
+            pace = (now - self.paced) / 50
+            fits = step + int((cfg.time_budget_s - (now - self.started)) / pace)
+            if fits < cfg.unet_steps:
+                log.info("%.1f ms per step: %d UNet steps fit the time budget", pace * 1000, fits)
+                cfg.unet_steps = max(step, fits)
+
+
+def train_unet(cfg: TrainConfig, tokenizer, data: dict):
+    from diffusers.schedulers.scheduling_ddpm import DDPMScheduler  # the module: mypy sees diffusers' dummies
+
+    device = cfg.torch_device
+    path = cfg.checkpoints / "unet.pt"
+    unet, text_encoder = _unet_and_text_encoder(cfg, tokenizer)
     params = list(unet.parameters()) + (list(text_encoder.parameters()) if cfg.text_trainable else [])
     text_encoder.requires_grad_(cfg.text_trainable)
     opt = torch.optim.AdamW(params, lr=cfg.unet_lr, weight_decay=1e-2)
@@ -375,59 +442,25 @@ def train_unet(cfg: TrainConfig, tokenizer, data: dict):
     latents = data["latents"].to(device)
     text_encoder.train(cfg.text_trainable)
     table, caption_row = _caption_context(cfg, tokenizer, text_encoder, data["captions"], device)
-    empty_row = table.shape[0] - 1
+    batches = _UnetBatches(latents, table, caption_row, alphas, noise_scheduler.config.num_train_timesteps)
     gen = torch.Generator(device).manual_seed(cfg.seed * 1000 + 4 + state["step"])
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     unet.train()
-    step, started = state["step"], time.perf_counter()
+    step, pacer = state["step"], _Pacer(cfg, state["step"])
     while step < cfg.unet_steps:
         step += 1
         for group in opt.param_groups:
             group["lr"] = _lr(cfg, step)
-        idx = torch.randint(0, len(caption_row), (cfg.unet_batch,), generator=gen, device=device)
-        x0 = latents[idx]
-        # drawn on the device: a host-to-device copy each step would wait for the queued work
-        dropped = torch.rand(cfg.unet_batch, generator=gen, device=device) < cfg.caption_dropout
-        rows = torch.where(dropped, empty_row, caption_row[idx])
-        noise = torch.randn(x0.shape, generator=gen, device=device)
-        t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (x0.shape[0],), generator=gen, device=device)
-        a = alphas[t].sqrt().view(-1, 1, 1, 1)
-        s = (1 - alphas[t]).sqrt().view(-1, 1, 1, 1)
-        noisy = a * x0 + s * noise
-        target = a * noise - s * x0 if cfg.prediction_type == "v_prediction" else noise
-        with autocast:
-            if cfg.text_trainable:
-                context = text_encoder(table[rows])[0]
-            else:
-                context = table[rows]
-            pred = unet(noisy, t, encoder_hidden_states=context).sample
-        loss = F.mse_loss(pred.float(), target)
+        loss = _unet_loss(cfg, unet, text_encoder, batches, gen, autocast)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
-        if cfg.time_budget_s and step == state["step"] + 20:  # the first steps warm up (kernels, caches)
-            _wait_for(device)
-            paced = time.perf_counter()
-        if cfg.time_budget_s and step == state["step"] + 70:
-            _wait_for(device)
-            now = time.perf_counter()
-            pace = (now - paced) / 50
-            fits = step + int((cfg.time_budget_s - (now - started)) / pace)
-            if fits < cfg.unet_steps:
-                log.info("%.1f ms per step: %d UNet steps fit the time budget", pace * 1000, fits)
-                cfg.unet_steps = max(step, fits)
+        pacer.after(step)
         _report(cfg, "unet", step, cfg.unet_steps, loss.detach())
         if step % cfg.checkpoint_every == 0 or step == cfg.unet_steps:
-            _save(
-                path,
-                {
-                    "step": step,
-                    "unet": unet.state_dict(),
-                    "text_encoder": text_encoder.state_dict(),
-                    "opt": opt.state_dict(),
-                },
-            )
+            weights = {"unet": unet.state_dict(), "text_encoder": text_encoder.state_dict()}
+            _save(path, {"step": step, **weights, "opt": opt.state_dict()})
     unet.eval().to("cpu")
     text_encoder.eval().to("cpu")
     return unet, text_encoder
