@@ -4,7 +4,6 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
 from app.accounts import service
-from app.accounts.models import User
 from app.credits import service as credits
 from app.db import transaction
 from app.errors import UserError
@@ -89,7 +88,7 @@ def change_password(
         with transaction(settings) as session:
             service.change_password(
                 session,
-                session.get_one(User, user.id),
+                user.id,
                 current_password,
                 new_password,
                 keep_token=request.cookies.get(SESSION_COOKIE),

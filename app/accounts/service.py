@@ -104,8 +104,9 @@ def end_session(session: Session, token: str | None) -> None:
         session.execute(delete(LoginSession).where(LoginSession.id == _token_id(token)))
 
 
-def change_password(session: Session, user: User, current: str, new: str, *, keep_token: str | None = None) -> None:
+def change_password(session: Session, user_id: int, current: str, new: str, *, keep_token: str | None = None) -> None:
     """Change the password and end every other session of this user."""
+    user = session.get_one(User, user_id)
     try:
         _hasher.verify(user.password_hash, current)
     except (VerificationError, InvalidHashError):

@@ -212,7 +212,7 @@ def test_changing_the_password_logs_out_every_other_session(db_settings, email, 
         their_token = start_session(session, db_settings, someone_else)
 
     with transaction(db_settings) as session:
-        change_password(session, session.get(User, user_id), PASSWORD, NEW_PASSWORD, keep_token=phone)
+        change_password(session, user_id, PASSWORD, NEW_PASSWORD, keep_token=phone)
 
     assert who(db_settings, phone) == user_id  # the browser that changed it stays logged in
     assert who(db_settings, laptop) is None
@@ -222,7 +222,7 @@ def test_changing_the_password_logs_out_every_other_session(db_settings, email, 
 
 def test_after_a_change_only_the_new_password_works(db_settings, email, user_id):
     with transaction(db_settings) as session:
-        change_password(session, session.get(User, user_id), PASSWORD, NEW_PASSWORD)
+        change_password(session, user_id, PASSWORD, NEW_PASSWORD)
     with transaction(db_settings) as session:
         assert authenticate(session, email, NEW_PASSWORD).id == user_id
         with pytest.raises(UserError):
@@ -233,7 +233,7 @@ def test_after_a_change_only_the_new_password_works(db_settings, email, user_id)
 def test_without_a_kept_token_every_session_ends(db_settings, email, user_id):
     tokens = [log_in(db_settings, email, PASSWORD) for _ in range(2)]
     with transaction(db_settings) as session:
-        change_password(session, session.get(User, user_id), PASSWORD, NEW_PASSWORD)
+        change_password(session, user_id, PASSWORD, NEW_PASSWORD)
     assert [who(db_settings, t) for t in tokens] == [None, None]
 
 
@@ -241,7 +241,7 @@ def test_a_wrong_current_password_changes_nothing(db_settings, email, user_id):
     token = log_in(db_settings, email, PASSWORD)
     with transaction(db_settings) as session:
         with pytest.raises(UserError) as excinfo:
-            change_password(session, session.get(User, user_id), "not the password", NEW_PASSWORD)
+            change_password(session, user_id, "not the password", NEW_PASSWORD)
     assert excinfo.value.field == "current_password"
     assert who(db_settings, token) == user_id
     assert who(db_settings, log_in(db_settings, email, PASSWORD)) == user_id
@@ -250,6 +250,6 @@ def test_a_wrong_current_password_changes_nothing(db_settings, email, user_id):
 def test_the_new_password_must_be_strong_too(db_settings, email, user_id):
     with transaction(db_settings) as session:
         with pytest.raises(UserError) as excinfo:
-            change_password(session, session.get(User, user_id), PASSWORD, "password1")
+            change_password(session, user_id, PASSWORD, "password1")
     assert excinfo.value.field == "password"
     assert who(db_settings, log_in(db_settings, email, PASSWORD)) == user_id
