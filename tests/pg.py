@@ -19,6 +19,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
+from tests.support import make_settings, migrated
 
 POSTGRES_URL_ENV = "GOUACHE_TEST_POSTGRES_URL"
 
@@ -69,10 +70,9 @@ def pg_url(pg_server: Engine) -> Iterator[str]:
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-def any_db_settings(request: pytest.FixtureRequest, tmp_path, tiny_model) -> Settings:
+def any_db_settings(request: pytest.FixtureRequest, tmp_path, tiny_model_path) -> Settings:
     """Migrated settings on SQLite (the embedded default) and on PostgreSQL."""
-    from tests.conftest import make_settings, migrated
-
     if request.param == "sqlite":
-        return migrated(make_settings(tmp_path / "data", tiny_model))
-    return migrated(make_settings(tmp_path / "data", tiny_model, database_url=request.getfixturevalue("pg_url")))
+        return migrated(make_settings(tmp_path / "data", tiny_model_path))
+    url = request.getfixturevalue("pg_url")
+    return migrated(make_settings(tmp_path / "data", tiny_model_path, database_url=url))

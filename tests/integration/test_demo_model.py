@@ -12,7 +12,7 @@ from app.db import transaction
 from app.gallery.models import Image
 from app.generation.catalog import BUILTIN_DEMO_MODEL
 from app.storage import get_storage
-from tests.conftest import make_settings, migrated, wait_for_job
+from tests.support import make_settings, migrated, wait_for_job
 from workers.demo import judge, scenes
 
 pytestmark = pytest.mark.worker

@@ -10,7 +10,7 @@ import weakref
 import diffusers
 import pytest
 
-from tests.conftest import make_settings
+from tests.support import make_settings
 from workers import pipelines
 
 

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from app.enums import SAMPLERS
-from tests.conftest import make_settings
+from tests.support import make_settings
 from workers import pipelines
 
 

@@ -25,7 +25,7 @@ def toy_config(out: Path, **overrides) -> TrainConfig:
 
 
 def test_training_writes_a_model_the_worker_loads_and_samples(tmp_path, tiny_model):
-    from tests.conftest import make_settings
+    from tests.support import make_settings
     from workers import pipelines
 
     model = train(toy_config(tmp_path / "run"))
