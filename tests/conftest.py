@@ -19,6 +19,20 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
+# Fixtures that build a model here, with torch; tests asking for one are marked `model`.
+MODEL_FIXTURES = {"tiny_model", "tiny_sdxl_model", "broken_model"}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "model: builds or runs a model in the test process (needs torch)")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.model)
+
+
 @pytest.fixture(scope="session", autouse=True)
 def cheap_password_hashes() -> Iterator[None]:
     """argon2id at its smallest cost: a production-cost hash takes about 0.35 s, and tests make
@@ -112,5 +126,5 @@ def user_client(make_client) -> Browserless:
     return c
 
 
-from tests.pg import any_db_settings, pg_server, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)
+from tests.pg import any_db_settings, module_db_settings, pg_server, pg_url  # noqa: E402, F401  (PostgreSQL fixtures)
 from tests.s3 import bucket, s3_endpoint  # noqa: E402, F401  (S3 fixtures: moto on loopback)

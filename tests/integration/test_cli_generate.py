@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from app.cli import cli
 from app.config import get_settings
 from tests.support import settings_env
+
+pytestmark = pytest.mark.model  # runs models in this process (torch)
 
 
 def run_generate(settings, *args):

@@ -15,7 +15,7 @@ from app.storage import get_storage
 from tests.support import make_settings, migrated, wait_for_job
 from workers.demo import judge, scenes
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.model]
 
 
 def test_the_demo_model_paints_what_the_prompt_names(tmp_path, make_client, start_worker):

@@ -206,11 +206,9 @@ def test_another_users_ids_are_not_found_in_the_service(seeded):
 WORDS = ["lighthouse", "light", "cat", "castle", "dusk", "dawn", "kintsugi"]
 
 
-@pytest.fixture
-def searchable(any_db_settings):
+def make_searchable(settings):
     """150 images for Ada whose prompts mix common and rare words, made out of order and
     with runs sharing one created_at (as a job's images may), and Bob's copies of some."""
-    settings = any_db_settings
     ada, bob = user_id(settings, "ada@example.com"), user_id(settings, "bob@example.com")
     rng = random.Random(6)
     made = []  # (created_at, id, prompt, mode, favourite)
@@ -224,6 +222,12 @@ def searchable(any_db_settings):
         if n % 3 == 0:
             add_image(settings, bob, prompt, mode=mode, created_at=created, files=False)
     return settings, ada, made
+
+
+@pytest.fixture(scope="module")
+def searchable(module_db_settings):
+    """make_searchable's gallery, made once per database for the tests that only read it."""
+    return make_searchable(module_db_settings)
 
 
 def brute_force(made, q="", mode="", favourites=False, sort="newest") -> list[str]:
@@ -314,8 +318,8 @@ def test_search_neighbours_match_a_brute_force_filter(searchable):
             assert service.neighbours(session, ada, image, filters) == (before, after)
 
 
-def test_deleted_images_leave_the_search(searchable):
-    settings, ada, made = searchable
+def test_deleted_images_leave_the_search(any_db_settings):
+    settings, ada, made = make_searchable(any_db_settings)
     expected = brute_force(made, "light")
     service.delete_images(settings, ada, expected[:3])
     assert shown(settings, ada, {i: i for i in expected}, q="light", limit=500) == expected[3:]

@@ -13,6 +13,8 @@ import pytest
 from tests.support import make_settings
 from workers import pipelines
 
+pytestmark = pytest.mark.model  # runs models in this process (torch)
+
 
 @pytest.fixture
 def loads(monkeypatch):

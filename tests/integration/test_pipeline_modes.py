@@ -10,6 +10,8 @@ from app.enums import SAMPLERS
 from tests.support import make_settings
 from workers import pipelines
 
+pytestmark = pytest.mark.model  # runs models in this process (torch)
+
 
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])
 def pipe(request, tmp_path_factory):

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from workers.demo.train import TrainConfig, train
+
+pytestmark = pytest.mark.model  # runs models in this process (torch)
 
 
 def toy_config(out: Path, **overrides) -> TrainConfig:
