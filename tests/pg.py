@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from sqlalchemy import Engine, create_engine, make_url
@@ -19,6 +20,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.pool import NullPool
 
 from app.config import Settings
+from tests.support import make_settings, migrated
 
 POSTGRES_URL_ENV = "GOUACHE_TEST_POSTGRES_URL"
 
@@ -51,28 +53,47 @@ def pg_server() -> Iterator[Engine]:
     engine.dispose()
 
 
-@pytest.fixture
-def pg_url(pg_server: Engine) -> Iterator[str]:
-    """The URL of a new, empty database (``gouache_test_<random>``), dropped after the test."""
+@contextmanager
+def new_database(server: Engine) -> Iterator[str]:
+    """The URL of a new, empty database (``gouache_test_<random>``), dropped afterwards."""
     from app.db import _engine_for
 
     name = f"gouache_test_{uuid.uuid4().hex[:16]}"
-    with pg_server.connect() as conn:
+    with server.connect() as conn:
         conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    url = pg_server.url.set(database=name).render_as_string(hide_password=False)
+        # A throwaway database need not wait for the disk at each commit (tests commit a lot).
+        conn.exec_driver_sql(f'ALTER DATABASE "{name}" SET synchronous_commit = off')
+    url = server.url.set(database=name).render_as_string(hide_password=False)
     try:
         yield url
     finally:
         _engine_for(url).dispose()  # the app's pooled connections to it
-        with pg_server.connect() as conn:
+        with server.connect() as conn:
             conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def any_db_settings(request: pytest.FixtureRequest, tmp_path, tiny_model) -> Settings:
-    """Migrated settings on SQLite (the embedded default) and on PostgreSQL."""
-    from tests.conftest import make_settings, migrated
+@pytest.fixture
+def pg_url(pg_server: Engine) -> Iterator[str]:
+    """A new, empty database for this test."""
+    with new_database(pg_server) as url:
+        yield url
 
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_db_settings(request: pytest.FixtureRequest, tmp_path, tiny_model_path) -> Settings:
+    """Migrated settings on SQLite (the embedded default) and on PostgreSQL."""
     if request.param == "sqlite":
-        return migrated(make_settings(tmp_path / "data", tiny_model))
-    return migrated(make_settings(tmp_path / "data", tiny_model, database_url=request.getfixturevalue("pg_url")))
+        return migrated(make_settings(tmp_path / "data", tiny_model_path))
+    url = request.getfixturevalue("pg_url")
+    return migrated(make_settings(tmp_path / "data", tiny_model_path, database_url=url))
+
+
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def module_db_settings(request: pytest.FixtureRequest, tmp_path_factory, tiny_model_path) -> Iterator[Settings]:
+    """Like ``any_db_settings``, but one database per test module: for data that tests only read."""
+    data_dir = tmp_path_factory.mktemp("data")
+    if request.param == "sqlite":
+        yield migrated(make_settings(data_dir, tiny_model_path))
+        return
+    with new_database(request.getfixturevalue("pg_server")) as url:
+        yield migrated(make_settings(data_dir, tiny_model_path, database_url=url))

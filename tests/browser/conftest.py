@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.config import REPO_ROOT
-from tests.conftest import make_settings, migrated, settings_env
+from tests.support import Worker, make_settings, migrated, settings_env
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -54,8 +54,6 @@ def web_server(settings, log_path: Path) -> Iterator[str]:
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, tiny_model):
     """uvicorn and a Celery worker as separate processes, like `gouache dev`."""
-    from tests.conftest import Worker
-
     tmp = tmp_path_factory.mktemp("live")
     settings = migrated(make_settings(tmp / "data", tiny_model))
     worker = Worker(settings, tmp / "worker.log")

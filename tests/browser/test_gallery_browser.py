@@ -10,8 +10,8 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.browser.conftest import web_server
-from tests.conftest import PASSWORD, make_settings, migrated
 from tests.gallery_data import add_image, user_id
+from tests.support import PASSWORD, make_settings, migrated
 
 pytestmark = pytest.mark.browser
 
@@ -27,9 +27,9 @@ IMAGES = [  # prompt, mode, size — oldest first
 
 
 @pytest.fixture(scope="module")
-def gallery_site(tmp_path_factory, tiny_model):
+def gallery_site(tmp_path_factory, tiny_model_path):
     tmp = tmp_path_factory.mktemp("gallery-site")
-    settings = migrated(make_settings(tmp / "data", tiny_model))
+    settings = migrated(make_settings(tmp / "data", tiny_model_path))
     with web_server(settings, tmp / "web.log") as url:
         yield url, settings
 

@@ -22,8 +22,8 @@ from app.credits import stripe as stripe_glue
 from app.credits.models import PAID, PENDING, LedgerEntry, Purchase
 from app.db import transaction
 from app.main import create_app
-from tests.conftest import Browserless, make_settings, migrated, run_threads
 from tests.integration.fake_stripe import FakeStripe, payload, sign
+from tests.support import Browserless, make_settings, migrated, run_threads
 
 WEBHOOK_SECRET = "whsec_test"
 GRANT = 200  # make_settings' signup grant
@@ -38,11 +38,11 @@ def fake():
 
 
 @pytest.fixture
-def stripe_settings(tmp_path, tiny_model, fake):
+def stripe_settings(tmp_path, tiny_model_path, fake):
     return migrated(
         make_settings(
             tmp_path / "stripe-data",
-            tiny_model,
+            tiny_model_path,
             stripe_secret_key="sk_test_x",
             stripe_webhook_secret=WEBHOOK_SECRET,
             stripe_api_base=fake.url,
@@ -300,9 +300,9 @@ def test_an_unknown_event_type_is_acknowledged_and_changes_nothing(shop, fake):
     shop.assert_books_balance()
 
 
-def test_webhooks_are_refused_when_no_endpoint_secret_is_configured(tmp_path, tiny_model, fake):
+def test_webhooks_are_refused_when_no_endpoint_secret_is_configured(tmp_path, tiny_model_path, fake):
     settings = migrated(
-        make_settings(tmp_path / "no-secret", tiny_model, stripe_secret_key="sk_test_x", stripe_api_base=fake.url)
+        make_settings(tmp_path / "no-secret", tiny_model_path, stripe_secret_key="sk_test_x", stripe_api_base=fake.url)
     )
     shop = Shop(settings, fake)
     purchase = shop.buy()
@@ -450,11 +450,11 @@ def test_a_network_error_after_stripe_made_the_session_is_retried_into_the_same_
     shop.assert_books_balance()
 
 
-def test_when_stripe_refuses_the_buyer_is_told_and_nothing_is_charged(tmp_path, tiny_model, fake):
+def test_when_stripe_refuses_the_buyer_is_told_and_nothing_is_charged(tmp_path, tiny_model_path, fake):
     settings = migrated(
         make_settings(
             tmp_path / "bad-key",
-            tiny_model,
+            tiny_model_path,
             stripe_secret_key="rk_live_wrong",  # the fake answers 401, like Stripe for a bad key
             stripe_webhook_secret=WEBHOOK_SECRET,
             stripe_api_base=fake.url,

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from app.credits import ledger, pricing
 from app.db import transaction
 from app.generation.models import Job
-from tests.conftest import make_settings, migrated, wait_for_job
+from tests.support import make_settings, migrated, wait_for_job
 
 CATALOG = """
 [[models]]
@@ -45,10 +45,10 @@ licence = {{ name = "Research Only Licence", url = "https://example.org/research
 
 
 @pytest.fixture
-def two_models(tmp_path, tiny_model, tiny_sdxl_model):
+def two_models(tmp_path, tiny_model_path, tiny_sdxl_model_path):
     path = tmp_path / "catalog.toml"
-    path.write_text(CATALOG.format(sd=tiny_model, xl=tiny_sdxl_model))
-    return migrated(make_settings(tmp_path / "data", tiny_model, model_catalog=path))
+    path.write_text(CATALOG.format(sd=tiny_model_path, xl=tiny_sdxl_model_path))
+    return migrated(make_settings(tmp_path / "data", tiny_model_path, model_catalog=path))
 
 
 @pytest.fixture
@@ -121,7 +121,9 @@ def test_an_unknown_model_is_refused_and_nothing_is_charged(two_models, ada, mod
 
 
 @pytest.mark.worker
-def test_a_job_on_the_second_model_runs_on_its_own_worker_and_records_its_licence(two_models, ada, start_worker):
+def test_a_job_on_the_second_model_runs_on_its_own_worker_and_records_its_licence(
+    two_models, tiny_sdxl_model, ada, start_worker
+):
     worker = start_worker(two_models, models="xl")  # serves the second model only
     assert "serving models: xl" in worker.log_path.read_text()
 

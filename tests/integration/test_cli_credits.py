@@ -16,7 +16,7 @@ from app.credits import ledger
 from app.credits.models import LedgerEntry
 from app.credits.service import grant_signup_credits
 from app.db import transaction
-from tests.conftest import PASSWORD, make_settings, settings_env
+from tests.support import PASSWORD, make_settings, settings_env
 
 
 def invoke(settings, *args: str):
@@ -151,8 +151,8 @@ def test_audit_reports_a_corrupted_balance_and_fails(any_db_settings, gouache):
     assert "OK:" not in result.output
 
 
-def test_credit_commands_refuse_an_unmigrated_database(tmp_path, tiny_model):
-    bare = make_settings(tmp_path / "bare", tiny_model)
+def test_credit_commands_refuse_an_unmigrated_database(tmp_path, tiny_model_path):
+    bare = make_settings(tmp_path / "bare", tiny_model_path)
     for args in (["audit"], ["balance", "ada@example.com"], ["grant", "ada@example.com", "1", "--reason", "x"]):
         result = invoke(bare, "credits", *args)
         assert result.exit_code == 1

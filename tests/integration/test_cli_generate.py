@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
 from app.config import get_settings
-from tests.conftest import settings_env
+from tests.support import settings_env
 from workers.cli import cli
+
+pytestmark = pytest.mark.model  # runs models in this process (torch)
 
 
 def run_generate(settings, *args):
@@ -19,7 +22,7 @@ def run_generate(settings, *args):
         get_settings.cache_clear()
 
 
-def test_generate_writes_pngs_and_the_same_seed_gives_the_same_image(settings, tmp_path):
+def test_generate_writes_pngs_and_the_same_seed_gives_the_same_image(settings, tiny_model, tmp_path):
     first = run_generate(settings, "a red circle", "--seed", "7", "--steps", "3", "--out", str(tmp_path / "a.png"))
     again = run_generate(settings, "a red circle", "--seed", "7", "--steps", "3", "--out", str(tmp_path / "b.png"))
     assert first.exit_code == 0, first.output
@@ -30,7 +33,7 @@ def test_generate_writes_pngs_and_the_same_seed_gives_the_same_image(settings, t
     assert a.tobytes() == b.tobytes()
 
 
-def test_generate_several_images_and_sizes(settings, tmp_path):
+def test_generate_several_images_and_sizes(settings, tiny_model, tmp_path):
     result = run_generate(
         settings,
         "a blue star",

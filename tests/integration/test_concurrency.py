@@ -18,7 +18,7 @@ from app.credits.models import PAID, PENDING, LedgerEntry, Purchase
 from app.db import transaction
 from app.generation.models import Job
 from app.main import create_app
-from tests.conftest import PASSWORD, Browserless, run_threads
+from tests.support import PASSWORD, Browserless, run_threads
 
 SUBMITS = 50
 SAME_TIME = 20

@@ -12,10 +12,10 @@ from app.db import transaction
 from app.gallery.models import Image
 from app.generation.catalog import BUILTIN_DEMO_MODEL
 from app.storage import get_storage
-from tests.conftest import make_settings, migrated, wait_for_job
+from tests.support import make_settings, migrated, wait_for_job
 from tools.demo import judge, scenes
 
-pytestmark = pytest.mark.worker
+pytestmark = [pytest.mark.worker, pytest.mark.model]
 
 
 def test_the_demo_model_paints_what_the_prompt_names(tmp_path, make_client, start_worker):

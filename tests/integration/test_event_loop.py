@@ -28,8 +28,8 @@ from app.credits import ledger
 from app.db import transaction
 from app.generation.catalog import BUILTIN_TINY_MODEL
 from app.main import create_app
-from tests.conftest import PASSWORD, make_settings, migrated
 from tests.integration.fake_stripe import FakeStripe, payload, sign
+from tests.support import PASSWORD, make_settings, migrated
 
 T = TypeVar("T")
 

@@ -34,8 +34,8 @@ from app.gallery.collections import (
 from app.gallery.models import CollectionImage, Image
 from app.migrate import alembic_config, upgrade
 from app.storage import get_storage
-from tests.conftest import make_settings
 from tests.gallery_data import add_image, png, user_id
+from tests.support import make_settings
 
 T0 = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
 PROMPTS = {  # number: (prompt, mode, model, size, favourite)
@@ -216,11 +216,9 @@ def test_another_users_ids_are_not_found_in_the_service(seeded):
 WORDS = ["lighthouse", "light", "cat", "castle", "dusk", "dawn", "kintsugi"]
 
 
-@pytest.fixture
-def searchable(any_db_settings):
+def make_searchable(settings):
     """150 images for Ada whose prompts mix common and rare words, made out of order and
     with runs sharing one created_at (as a job's images may), and Bob's copies of some."""
-    settings = any_db_settings
     ada, bob = user_id(settings, "ada@example.com"), user_id(settings, "bob@example.com")
     rng = random.Random(6)
     made = []  # (created_at, id, prompt, mode, favourite)
@@ -234,6 +232,12 @@ def searchable(any_db_settings):
         if n % 3 == 0:
             add_image(settings, bob, prompt, mode=mode, created_at=created, files=False)
     return settings, ada, made
+
+
+@pytest.fixture(scope="module")
+def searchable(module_db_settings):
+    """make_searchable's gallery, made once per database for the tests that only read it."""
+    return make_searchable(module_db_settings)
 
 
 def brute_force(made, q="", mode="", favourites=False, sort="newest") -> list[str]:
@@ -324,18 +328,18 @@ def test_search_neighbours_match_a_brute_force_filter(searchable):
             assert search.neighbours(session, ada, image, filters) == (before, after)
 
 
-def test_deleted_images_leave_the_search(searchable):
-    settings, ada, made = searchable
+def test_deleted_images_leave_the_search(any_db_settings):
+    settings, ada, made = make_searchable(any_db_settings)
     expected = brute_force(made, "light")
     service.delete_images(settings, ada, expected[:3])
     assert shown(settings, ada, {i: i for i in expected}, q="light", limit=500) == expected[3:]
 
 
-def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model, request):
+def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model_path, request):
     """0007 down to 0004 and back on both databases: the search finds the same images."""
     for db in ("sqlite", "postgres"):
         overrides = {} if db == "sqlite" else {"database_url": request.getfixturevalue("pg_url")}
-        settings = make_settings(tmp_path / db, tiny_model, **overrides)
+        settings = make_settings(tmp_path / db, tiny_model_path, **overrides)
         upgrade(settings)
         ada = user_id(settings, "ada@example.com")
         ids = [add_image(settings, ada, f"a lighthouse number {n}", created_at=T0, files=False) for n in range(3)]
@@ -359,11 +363,11 @@ def test_migrating_a_gallery_down_and_up_keeps_the_search(tmp_path, tiny_model, 
         assert shown(settings, ada, {i: i for i in [*ids, later]}, q="lighthouse") == [later, *expected], db
 
 
-def test_migrating_an_existing_gallery_fills_the_new_columns_and_the_search(tmp_path, tiny_model, request):
+def test_migrating_an_existing_gallery_fills_the_new_columns_and_the_search(tmp_path, tiny_model_path, request):
     """A database made before 0004, with images, upgrades on both databases."""
     for db in ("sqlite", "postgres"):
         overrides = {} if db == "sqlite" else {"database_url": request.getfixturevalue("pg_url")}
-        settings = make_settings(tmp_path / db, tiny_model, **overrides)
+        settings = make_settings(tmp_path / db, tiny_model_path, **overrides)
         upgrade(settings, "0003")
         with transaction(settings) as session:
             session.execute(text("INSERT INTO users (email, password_hash, balance, created_at) "
@@ -548,11 +552,11 @@ def test_images_without_a_thumbnail_get_one_on_first_view(settings, make_client)
 
 
 @pytest.fixture(params=["filesystem", "s3"])
-def storage_settings(request, tmp_path, tiny_model):
+def storage_settings(request, tmp_path, tiny_model_path):
     if request.param == "filesystem":
-        return make_settings(tmp_path / "data", tiny_model)
+        return make_settings(tmp_path / "data", tiny_model_path)
     return make_settings(
-        tmp_path / "data", tiny_model, storage="s3",
+        tmp_path / "data", tiny_model_path, storage="s3",
         s3_endpoint_url=request.getfixturevalue("s3_endpoint"), s3_bucket=request.getfixturevalue("bucket"),
     )  # fmt: skip
 
@@ -566,7 +570,7 @@ def stored_keys(settings) -> set[str]:
 
 
 def test_deleting_removes_images_and_every_object_they_had(storage_settings, make_client):
-    from tests.conftest import migrated
+    from tests.support import migrated
 
     settings = migrated(storage_settings)
     ada, _ = ada_and_bob(make_client, settings)
@@ -601,7 +605,7 @@ def test_deleting_removes_images_and_every_object_they_had(storage_settings, mak
 
 @pytest.mark.worker
 def test_the_worker_stores_a_webp_thumbnail_next_to_each_image(settings, user_client, start_worker):
-    from tests.conftest import wait_for_job
+    from tests.support import wait_for_job
 
     start_worker(settings)
     made = user_client.api_post("/api/v1/generations", {"prompt": "a red circle", "steps": 2, "n": 2})

@@ -14,7 +14,7 @@ from app.credits import ledger
 from app.db import transaction
 from app.gallery.models import Image
 from app.storage import get_storage
-from tests.conftest import make_settings, migrated, wait_for_job
+from tests.support import make_settings, migrated, wait_for_job
 
 pytestmark = pytest.mark.worker
 

@@ -10,8 +10,10 @@ import weakref
 import diffusers
 import pytest
 
-from tests.conftest import make_settings
+from tests.support import make_settings
 from workers import pipelines
+
+pytestmark = pytest.mark.model  # runs models in this process (torch)
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from app.gallery.models import Image
 from app.generation import metadata
 from app.generation.models import Job
 from app.storage import get_storage
-from tests.conftest import wait_for_job
+from tests.support import wait_for_job
 
 
 def png_bytes(size=(96, 64), seed=0) -> bytes:
@@ -198,7 +198,7 @@ def test_a_queued_job_is_cancelled_at_once_and_its_credits_released(settings, us
     assert again.json()["status"] == "cancelled" and _balance(c) == before  # released once
 
 
-def test_a_running_job_stops_between_steps_when_cancelled(settings, user_client, monkeypatch):
+def test_a_running_job_stops_between_steps_when_cancelled(settings, tiny_model, user_client, monkeypatch):
     """The worker's own task function, in this process: the owner's Cancel is seen at
     the first step; the job ends cancelled, with no images and its credits back."""
     from app.config import get_settings

@@ -7,8 +7,10 @@ import pytest
 from PIL import Image
 
 from app.enums import SAMPLERS
-from tests.conftest import make_settings
+from tests.support import make_settings
 from workers import pipelines
+
+pytestmark = pytest.mark.model  # runs models in this process (torch)
 
 
 @pytest.fixture(scope="module", params=["sd1", "sdxl"])

@@ -16,7 +16,7 @@ from app.credits import service as credits
 from app.credits.models import LedgerEntry
 from app.db import transaction
 from app.main import create_app
-from tests.conftest import Browserless
+from tests.support import Browserless
 
 REFILL = 500
 

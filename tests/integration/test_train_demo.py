@@ -5,7 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from tools.demo.train import TrainConfig, train
+
+pytestmark = pytest.mark.model  # runs models in this process (torch)
 
 
 def toy_config(out: Path, **overrides) -> TrainConfig:
@@ -25,7 +29,7 @@ def toy_config(out: Path, **overrides) -> TrainConfig:
 
 
 def test_training_writes_a_model_the_worker_loads_and_samples(tmp_path, tiny_model):
-    from tests.conftest import make_settings
+    from tests.support import make_settings
     from workers import pipelines
 
     model = train(toy_config(tmp_path / "run"))

@@ -16,7 +16,7 @@ from app.generation import service
 from app.generation.models import Job
 from app.main import create_app
 from app.migrate import NotMigrated
-from tests.conftest import PASSWORD, Browserless, make_settings
+from tests.support import PASSWORD, Browserless, make_settings
 
 
 def jobs_count(settings) -> int:
@@ -185,10 +185,10 @@ def test_bad_input_is_refused_with_a_message_and_moves_no_credit(user_client, se
     assert balance_of(settings, "ada@example.com") == 200
 
 
-def test_not_enough_credits_is_refused_clearly(make_client, tmp_path, tiny_model):
-    from tests.conftest import migrated
+def test_not_enough_credits_is_refused_clearly(make_client, tmp_path, tiny_model_path):
+    from tests.support import migrated
 
-    poor = migrated(make_settings(tmp_path / "poor", tiny_model, signup_grant_credits=1))
+    poor = migrated(make_settings(tmp_path / "poor", tiny_model_path, signup_grant_credits=1))
     c = make_client(poor)
     c.sign_up("poor@example.com")
     response = c.api_post("/api/v1/generations", {"prompt": "a cat", "width": 128, "height": 128, "steps": 50, "n": 4})
@@ -257,11 +257,11 @@ def test_failing_twice_releases_once(user_client, settings):
     assert balance_of(settings, "ada@example.com") == 200
 
 
-def test_an_unreachable_queue_charges_nothing(make_client, tmp_path, tiny_model):
-    from tests.conftest import migrated
+def test_an_unreachable_queue_charges_nothing(make_client, tmp_path, tiny_model_path):
+    from tests.support import migrated
 
     broken = migrated(
-        make_settings(tmp_path / "noqueue", tiny_model, broker_url="sqla+sqlite:////nonexistent/dir/broker.sqlite")
+        make_settings(tmp_path / "noqueue", tiny_model_path, broker_url="sqla+sqlite:////nonexistent/dir/broker.sqlite")
     )
     c = make_client(broken)
     c.sign_up("ada@example.com")
@@ -273,9 +273,9 @@ def test_an_unreachable_queue_charges_nothing(make_client, tmp_path, tiny_model)
 # ---- start-up --------------------------------------------------------------------------
 
 
-def test_the_app_refuses_an_unmigrated_database(tmp_path, tiny_model):
+def test_the_app_refuses_an_unmigrated_database(tmp_path, tiny_model_path):
     with pytest.raises(NotMigrated, match="gouache db upgrade"):
-        create_app(make_settings(tmp_path / "fresh", tiny_model))
+        create_app(make_settings(tmp_path / "fresh", tiny_model_path))
 
 
 # ---- a worker that dies must not keep the user's credits ---------------------------------

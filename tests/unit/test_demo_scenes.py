@@ -40,6 +40,8 @@ from tools.demo.scenes import (
     vocabulary_words,
 )
 
+pytestmark = pytest.mark.model  # runs models in this process (torch)
+
 
 def random_scenes(n: int, seed: int, include_held_out: bool = True) -> list[Scene]:
     rng = random.Random(seed)

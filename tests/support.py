@@ -1,0 +1,211 @@
+"""Helpers shared by every test layer: settings built from explicit values, the
+environment that hands them to another process, a real worker process, a client
+that behaves like a browser, and waiting for jobs and threads.
+
+Fixtures live in the conftest files and stay thin; what they do is here.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import select
+import shutil
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from app.config import REPO_ROOT, Settings
+from tests.support_worker import READY_FD_ENV
+
+PASSWORD = "a long enough passphrase"
+
+# The limits the integration tests are written against: a tiny pipeline paints 64² in 4 steps.
+TEST_MODEL_SETTINGS: dict[str, Any] = dict(
+    model_name="Tiny test model",
+    model_default_size=64,
+    model_max_size=128,
+    model_default_steps=4,
+    signup_grant_credits=200,
+)
+
+
+def make_settings(data_dir: Path, test_model: Path | str | None = None, **overrides: Any) -> Settings:
+    """Settings from defaults and these arguments only: no ``GOUACHE_`` variables, no ``.env``
+    file, so no test depends on what the shell exported.
+
+    ``test_model`` (a tiny pipeline's folder, built or not: only workers load it) brings
+    :data:`TEST_MODEL_SETTINGS`; without it the settings are a fresh install's. ``overrides``
+    win over both (``model=`` names another model with its own defaults)."""
+    values: dict[str, Any] = {} if test_model is None else {"model": str(test_model), **TEST_MODEL_SETTINGS}
+    values.update(overrides)
+    with pytest.MonkeyPatch.context() as mp:
+        for name in list(os.environ):
+            if name.upper().startswith("GOUACHE_"):
+                mp.delenv(name)
+        return Settings(_env_file=None, data_dir=data_dir, **values)
+
+
+def migrated(settings: Settings) -> Settings:
+    """These settings, their database at the newest migration. A new SQLite database is a
+    copy of one migrated once per run: hundreds of tests make one, and migrating costs ~0.1 s."""
+    from app.migrate import upgrade
+
+    database = settings.data_dir / "gouache.db"
+    if settings.database_url == f"sqlite:///{database}" and not database.exists():
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(_migrated_sqlite_database(), database)
+    else:
+        upgrade(settings)
+    return settings
+
+
+@functools.cache
+def _migrated_sqlite_database() -> Path:
+    from app.db import get_engine
+    from app.migrate import upgrade
+
+    folder = Path(tempfile.mkdtemp(prefix="gouache-migrated-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    settings = make_settings(folder / "data")
+    upgrade(settings)
+    get_engine(settings).dispose()
+    copy = folder / "gouache.db"
+    with closing(sqlite3.connect(settings.data_dir / "gouache.db")) as source, closing(sqlite3.connect(copy)) as to:
+        source.backup(to)  # a consistent copy, whatever is still in the write-ahead log
+    return copy
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that gives another process (a worker, uvicorn) these settings."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GOUACHE_")}
+    env.update(
+        GOUACHE_DATA_DIR=str(settings.data_dir),
+        GOUACHE_DATABASE_URL=settings.database_url,
+        GOUACHE_BROKER_URL=settings.broker_url,
+        GOUACHE_STORAGE=settings.storage,
+        GOUACHE_STORAGE_DIR=str(settings.storage_dir),
+        GOUACHE_MODEL=settings.model,
+        GOUACHE_MODEL_NAME=settings.model_name,
+        GOUACHE_MODEL_DEFAULT_SIZE=str(settings.model_default_size),
+        GOUACHE_MODEL_MAX_SIZE=str(settings.model_max_size),
+        GOUACHE_MODEL_DEFAULT_STEPS=str(settings.model_default_steps),
+        GOUACHE_SIGNUP_GRANT_CREDITS=str(settings.signup_grant_credits),
+        GOUACHE_DEVICE="cpu",
+        PYTHONUNBUFFERED="1",
+    )
+    if settings.model_catalog is not None:
+        env["GOUACHE_MODEL_CATALOG"] = str(settings.model_catalog)
+    return env
+
+
+class Worker:
+    """A real `gouache worker` process consuming the queues of the catalog's models
+    (or only of ``models``, comma-separated ids).
+
+    It runs through ``tests.support_worker``, which writes to a pipe when Celery sends
+    ``worker_ready``; the pipe also reaches end-of-file when the process exits, so
+    :meth:`wait_ready` waits for one event or the other."""
+
+    def __init__(self, settings: Settings, log_path: Path, models: str | None = None):
+        self.log_path = log_path
+        self._log = open(log_path, "w")
+        self._ready, ready_w = os.pipe()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "tests.support_worker", "worker", "--loglevel", "INFO"]
+                + (["--models", models] if models else []),
+                cwd=REPO_ROOT,
+                env={**settings_env(settings), READY_FD_ENV: str(ready_w)},
+                pass_fds=(ready_w,),
+                stdout=self._log,
+                stderr=subprocess.STDOUT,
+            )
+        finally:
+            os.close(ready_w)  # only the worker holds the write end
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        readable, _, _ = select.select([self._ready], [], [], timeout)
+        if not readable:
+            raise TimeoutError(f"worker not ready after {timeout}s:\n{self.log_path.read_text()}")
+        if not os.read(self._ready, 64):
+            self.proc.wait(timeout=10)
+            raise RuntimeError(f"worker exited ({self.proc.returncode}):\n{self.log_path.read_text()}")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        os.close(self._ready)
+        self._log.close()
+
+
+class Browserless:
+    """A TestClient that behaves like a browser: keeps cookies and sends the CSRF token."""
+
+    def __init__(self, app):
+        from fastapi.testclient import TestClient
+
+        self.http = TestClient(app, follow_redirects=False)
+        self.http.get("/login")  # receive the CSRF cookie like a first visit
+
+    @property
+    def csrf(self) -> str:
+        return self.http.cookies["gouache_csrf"]
+
+    def form(self, url: str, data: dict) -> Any:
+        return self.http.post(url, data={**data, "csrf_token": self.csrf})
+
+    def api_post(self, url: str, json: dict, **headers) -> Any:
+        return self.http.post(url, json=json, headers={"X-CSRF-Token": self.csrf, **headers})
+
+    def get(self, url: str, **kw):
+        return self.http.get(url, **kw)
+
+    def sign_up(self, email: str, password: str = PASSWORD):
+        response = self.form("/signup", {"email": email, "password": password})
+        assert response.status_code == 303, response.text
+        return response
+
+
+def wait_for_job(c: Browserless, job_id: str, timeout: float = 180) -> dict:
+    """Poll the job's API until it is settled (the same polling the page does)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = c.get(f"/api/v1/generations/{job_id}").json()
+        if job["status"] in ("succeeded", "failed"):
+            return job
+        time.sleep(0.25)
+    raise TimeoutError(f"job {job_id} still {job['status']} after {timeout}s")
+
+
+def run_threads(n: int, target) -> list:
+    """Run target(i) on n threads released together; return results or exceptions."""
+    barrier = threading.Barrier(n)
+    results: list = [None] * n
+
+    def body(i):
+        barrier.wait()
+        try:
+            results[i] = target(i)
+        except Exception as e:  # collected for the assertions
+            results[i] = e
+
+    threads = [threading.Thread(target=body, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
