@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     data_dir: Path = Path("var")
     database_url: str = ""
     broker_url: str = ""
+    # How often a worker on the embedded (SQLite) broker looks for a new message: the
+    # idle worker's pick-up delay, for a query per queue each time (kombu's default: 1 s).
+    broker_poll_s: float = Field(default=0.05, gt=0, le=10)
 
     # Web
     base_url: str = ""

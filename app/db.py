@@ -39,11 +39,21 @@ class Base(DeclarativeBase):
     type_annotation_map = {datetime: UTCDateTime}
 
 
+# Set on a read-only engine's connections (see :func:`reading`).
+_READ_ONLY = "gouache_read_only"
+
+# bench/gallery_load.py sets this in the server it measures "before" with: every read
+# takes the write lock again, as all transactions did before reads had their own.
+READS_TAKE_WRITE_LOCK = False
+
+
 def _configure_sqlite(engine: Engine) -> None:
     # The web process and the worker write the same file. WAL lets readers go on
     # while one writes; BEGIN IMMEDIATE takes the write lock when a transaction
     # starts, so "read balance, then write" can never interleave, and a busy
-    # timeout makes a second writer wait instead of failing.
+    # timeout makes a second writer wait instead of failing. A read-only transaction
+    # begins DEFERRED: it never takes the write lock, so it never queues behind the
+    # worker's writes; query_only makes SQLite refuse a write inside it.
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_connection, _record):
         dbapi_connection.isolation_level = None
@@ -56,7 +66,9 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn):
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        read_only = bool(conn.get_execution_options().get(_READ_ONLY)) and not READS_TAKE_WRITE_LOCK
+        conn.exec_driver_sql(f"PRAGMA query_only={int(read_only)}")  # per connection: set on every begin
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
 @lru_cache(maxsize=8)
@@ -67,6 +79,14 @@ def _engine_for(url: str) -> Engine:
     else:
         engine = create_engine(url, pool_pre_ping=True)
     return engine
+
+
+@lru_cache(maxsize=8)
+def _read_engine_for(url: str) -> Engine:
+    """The same engine (and pool), its transactions read-only: DEFERRED and query_only
+    on SQLite, READ ONLY on PostgreSQL."""
+    options = {"postgresql_readonly": True} if url.startswith("postgresql") else {}
+    return _engine_for(url).execution_options(**{_READ_ONLY: True}, **options)
 
 
 def get_engine(settings: Settings) -> Engine:
@@ -81,6 +101,19 @@ def session_factory(settings: Settings) -> sessionmaker[Session]:
 
 @contextmanager
 def transaction(settings: Settings) -> Iterator[Session]:
-    """A short unit of work: commit on success, roll back on error."""
+    """A short unit of work: commit on success, roll back on error. On SQLite it holds
+    the write lock from its start (see ``_configure_sqlite``): use :func:`reading` when
+    the work only reads."""
     with session_factory(settings)() as session, session.begin():
+        yield session
+
+
+@contextmanager
+def reading(settings: Settings) -> Iterator[Session]:
+    """A read-only transaction: one consistent snapshot that takes no write lock, so it
+    never waits for a writer (nor a writer for it). A write inside it raises; it ends
+    by rolling back (the loaded objects stay usable, as after :func:`transaction`)."""
+    if settings.is_sqlite:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+    with Session(_read_engine_for(settings.database_url), expire_on_commit=False) as session:
         yield session

@@ -30,7 +30,20 @@ def configure(celery: Celery, settings: Settings) -> Celery:
         task_serializer="json",
         accept_content=["json"],
     )
+    if settings.broker_url.startswith("sqla+"):
+        _poll_sql_broker_every(settings.broker_poll_s)
     return celery
+
+
+def _poll_sql_broker_every(seconds: float) -> None:
+    """kombu's SQLAlchemy transport polls for messages, by default every 1 s: most of a
+    small job's wait from submit to running. Its ``polling_interval`` transport option
+    cannot be used: the transport passes every option on to ``create_engine``, which
+    refuses it (celery/kombu#2157); so the transport's own default is set, for the
+    process (one process serves one Settings)."""
+    from kombu.transport import sqlalchemy as kombu_sqlalchemy
+
+    kombu_sqlalchemy.Transport.polling_interval = seconds
 
 
 def ensure_data_dir(settings: Settings) -> None:

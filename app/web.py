@@ -10,7 +10,7 @@ from fastapi.templating import Jinja2Templates
 
 from app.accounts import service as accounts
 from app.config import REPO_ROOT, Settings
-from app.db import transaction
+from app.db import reading
 from app.errors import CsrfFailed, NotAuthenticated
 
 SESSION_COOKIE = "gouache_session"
@@ -35,7 +35,7 @@ class CurrentUser:
 def optional_user(request: Request) -> CurrentUser | None:
     """The logged-in user, read once per request (a plain ``def``: it queries the database)."""
     if "user" not in request.state._state:
-        with transaction(get_app_settings(request)) as session:
+        with reading(get_app_settings(request)) as session:
             user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
         request.state.user = CurrentUser(user.id, user.email, user.balance) if user else None
     return request.state.user

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, RedirectResponse
 
 from app.credits import pricing, service, webhooks
 from app.credits import stripe as stripe_glue
-from app.db import transaction
+from app.db import reading
 from app.errors import NotFound, ServiceUnavailable, UserError
 from app.generation.catalog import get_catalog
 from app.web import CurrentUser, forget_user, get_app_settings, optional_user, render, require_user, verify_csrf
@@ -60,7 +60,7 @@ def billing_page(
     user: CurrentUser = Depends(require_user),
 ):
     settings = get_app_settings(request)
-    with transaction(settings) as session:
+    with reading(settings) as session:
         hist = service.history(session, user.id, page)
     just_paid = None
     if paid:

@@ -17,7 +17,7 @@ from app.config import Settings
 from app.credits import ledger
 from app.credits import stripe as stripe_glue
 from app.credits.models import CANCELED, PAID, PENDING, LedgerEntry, Purchase
-from app.db import transaction, utcnow
+from app.db import reading, transaction, utcnow
 from app.errors import NotFound, ServiceUnavailable, UserError
 
 log = logging.getLogger(__name__)
@@ -124,7 +124,7 @@ def complete_test_checkout(settings: Settings, user_id: int, purchase_id: str) -
 
 
 def get_purchase(settings: Settings, user_id: int, purchase_id: str) -> Purchase:
-    with transaction(settings) as session:
+    with reading(settings) as session:
         purchase = session.get(Purchase, purchase_id)
     if purchase is None or purchase.user_id != user_id:
         raise NotFound("No such purchase.")

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
 
 from app.config import Settings
-from app.db import transaction
+from app.db import reading, transaction
 from app.enums import MODES, SAMPLERS
 from app.errors import UserError
 from app.gallery import collections, export, search, service
@@ -28,7 +28,7 @@ def _filters(request: Request) -> search.Filters:
 
 def _gallery_context(request: Request, user: CurrentUser, filters: search.Filters, after: str | None) -> dict:
     settings = get_app_settings(request)
-    with transaction(settings) as session:
+    with reading(settings) as session:
         page = search.list_images(session, user.id, filters, after)
         names = collections.list_collections(session, user.id, summaries=False)
         models = search.model_options(session, user.id)
@@ -83,7 +83,7 @@ def _button_prices(settings: Settings, user_id: int, image: Image, model: ModelS
 def image_detail(request: Request, image_id: str, user: CurrentUser = Depends(require_user)):
     settings = get_app_settings(request)
     filters = _filters(request)
-    with transaction(settings) as session:
+    with reading(settings) as session:
         image = service.get_image(session, user.id, image_id)
         before, after = search.neighbours(session, user.id, image, filters)
         names = collections.list_collections(session, user.id, summaries=False)
@@ -224,7 +224,7 @@ def bulk_download(request: Request, user: CurrentUser = Depends(require_user), f
     """The selected originals (with their metadata) as one zip, streamed (from a thread:
     Starlette iterates a plain iterator in its thread pool)."""
     settings = get_app_settings(request)
-    with transaction(settings) as session:
+    with reading(settings) as session:
         entries = export.zip_entries(session, user.id, form.ids, get_catalog(settings).display_name)
     name = f"gouache-{datetime.now(UTC):%Y%m%d-%H%M%S}.zip"
     return StreamingResponse(
@@ -239,7 +239,7 @@ def bulk_download(request: Request, user: CurrentUser = Depends(require_user), f
 
 @router.get("/collections")
 def collections_page(request: Request, user: CurrentUser = Depends(require_user)):
-    with transaction(get_app_settings(request)) as session:
+    with reading(get_app_settings(request)) as session:
         summaries = collections.list_collections(session, user.id)
     return render(request, "gallery/collections.html", collections=summaries, error=None)
 

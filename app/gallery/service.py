@@ -15,7 +15,7 @@ from sqlalchemy import CursorResult, delete, select, update
 from sqlalchemy.orm import Session
 
 from app.config import Settings
-from app.db import transaction
+from app.db import reading, transaction
 from app.errors import NotFound, UserError
 from app.gallery import thumbnails
 from app.gallery.models import CollectionImage, Image, aspect_of
@@ -85,7 +85,7 @@ def owned_images(session: Session, user_id: int, image_ids: Iterable[str]) -> li
 
 def original(settings: Settings, user_id: int, image_id: str) -> bytes:
     """The image's PNG as stored (its generation parameters embedded)."""
-    with transaction(settings) as session:
+    with reading(settings) as session:
         key = get_image(session, user_id, image_id).storage_key
     try:
         return get_storage(settings).get(key)
@@ -96,7 +96,7 @@ def original(settings: Settings, user_id: int, image_id: str) -> bytes:
 def thumbnail(settings: Settings, user_id: int, image_id: str) -> bytes:
     """The image's WebP thumbnail. Images made before thumbnails get one now, stored and
     recorded, so this happens once per image."""
-    with transaction(settings) as session:
+    with reading(settings) as session:
         image = get_image(session, user_id, image_id)
         key, thumb_key = image.storage_key, image.thumbnail_key
         derived = thumbnail_key(image.user_id, image.job_id, image.index)

@@ -12,7 +12,7 @@ from typing import Any
 
 from app.config import Settings
 from app.credits import pricing
-from app.db import transaction
+from app.db import reading
 from app.enums import Mode
 from app.errors import UserError
 from app.gallery import service as gallery
@@ -63,7 +63,7 @@ def quote_form(settings: Settings, user_id: int, data: Mapping[str, Any]) -> int
 
 def _form_source_size(settings: Settings, user_id: int, data: Mapping[str, Any]) -> tuple[int, int] | None:
     if data.get("source_image"):
-        with transaction(settings) as session:
+        with reading(settings) as session:
             row = gallery.get_image(session, user_id, str(data["source_image"]))
             return row.width, row.height
     if not (data.get("source_width") and data.get("source_height")):

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from app.config import Settings
 from app.credits import ledger
-from app.db import transaction, utcnow
+from app.db import reading, transaction, utcnow
 from app.enums import MODES, JobStatus, Mode
 from app.errors import NotFound, ServiceUnavailable, UserError
 from app.gallery import service as gallery
@@ -234,7 +234,7 @@ def enqueue(settings: Settings, job: Job) -> None:
 
 def recent_jobs(settings: Settings, user_id: int, limit: int) -> list[tuple[Job, list[Image]]]:
     """The user's latest jobs, newest first, each with its images."""
-    with transaction(settings) as session:
+    with reading(settings) as session:
         jobs = session.scalars(
             select(Job).where(Job.user_id == user_id).order_by(Job.created_at.desc()).limit(limit)
         ).all()
@@ -243,7 +243,7 @@ def recent_jobs(settings: Settings, user_id: int, limit: int) -> list[tuple[Job,
 
 def source_image(settings: Settings, user_id: int, image_id: str) -> SourceImage | None:
     """The user's gallery image the form starts from; None if it is not theirs (or gone)."""
-    with transaction(settings) as session:
+    with reading(settings) as session:
         try:
             row = gallery.get_image(session, user_id, image_id)
         except NotFound:
@@ -256,14 +256,14 @@ def get_job(settings: Settings, user_id: int, job_id: str) -> tuple[Job, list[Im
 
     A job whose worker died is failed (and refunded) here, when its owner looks.
     """
-    with transaction(settings) as session:
+    with reading(settings) as session:
         job = session.get(Job, job_id)
         if job is None or job.user_id != user_id:
             raise NotFound("No such job.")
         stale = _is_stale(settings, job)
     if stale:
         fail(settings, job_id, stale)
-    with transaction(settings) as session:
+    with reading(settings) as session:
         job = session.get_one(Job, job_id)
         return job, job_images(session, job)
 
