@@ -34,6 +34,7 @@ from pathlib import Path
 READY_FILE_ENV = "GOUACHE_WORKER_READY_FILE"
 
 TICK_S = 0.2
+PROBE_EVERY_S = 0.5
 # A process that ran this long before exiting counts as having recovered: its next
 # restart starts the backoff again from the first pause.
 STABLE_AFTER_S = 60.0
@@ -73,6 +74,7 @@ class _Process:
     started_at: float = 0.0
     ready: bool = False
     ever_ready: bool = False
+    probed_at: float = 0.0
     failures: int = 0  # quick failures in a row
     restarts: int = 0
     restart_at: float = 0.0
@@ -191,6 +193,9 @@ class Supervisor:
         if p.ready_path is not None:
             return p.ready_path.exists()
         if p.probe is not None:
+            if time.monotonic() - p.probed_at < PROBE_EVERY_S:
+                return False
+            p.probed_at = time.monotonic()
             return p.probe()
         return time.monotonic() - p.started_at >= self.settle_s
 

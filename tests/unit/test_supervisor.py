@@ -32,8 +32,9 @@ SHORT_LIVED = "import time; time.sleep(1.0)"
 FAILS_AT_ONCE = "import sys; sys.exit(3)"
 
 
-def supervise(tmp_path, processes: dict[str, str], stop_within_s: float = 3.0, thread: bool = False):
-    """Start a supervisor process running ``processes`` (name -> Python source)."""
+def supervise(tmp_path, processes: dict[str, str], stop_within_s: float = 3.0, thread: str = ""):
+    """Start a supervisor process running ``processes`` (name -> Python source), and a
+    thread ``ticker`` running ``thread`` (the source of a function of the stop event)."""
     script = textwrap.dedent(
         f"""
         import sys
@@ -42,7 +43,7 @@ def supervise(tmp_path, processes: dict[str, str], stop_within_s: float = 3.0, t
         for name, source in {processes!r}.items():
             supervisor.process(name, [sys.executable, "-c", source])
         if {thread!r}:
-            supervisor.thread("ticker", lambda stop: stop.wait())
+            supervisor.thread("ticker", {thread or "None"})
         sys.exit(supervisor.run(on_ready=lambda: print("ALL READY", file=sys.stderr, flush=True)))
         """
     )
@@ -74,8 +75,9 @@ def test_the_pause_before_a_restart_doubles_up_to_a_cap():
     assert backoff_s(1000) == 30
 
 
-def test_sigterm_stops_every_process_it_started_even_ones_that_ignore_it(tmp_path, cleanup):
-    proc, out = supervise(tmp_path, {"sleeper": SLEEPER, "stubborn": STUBBORN}, thread=True)
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_signal_stops_every_process_it_started_even_ones_that_ignore_sigterm(tmp_path, cleanup, sig):
+    proc, out = supervise(tmp_path, {"sleeper": SLEEPER, "stubborn": STUBBORN}, thread="lambda stop: stop.wait()")
     cleanup(proc)
     out.wait_for("ALL READY", timeout=60)
     tree = descendants(proc.pid)
@@ -86,7 +88,7 @@ def test_sigterm_stops_every_process_it_started_even_ones_that_ignore_it(tmp_pat
     assert len(tree) == 3, tree  # sleeper, stubborn, stubborn's child
 
     started = time.monotonic()
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     assert proc.wait(timeout=20) == 0
     took = time.monotonic() - started
 
@@ -119,3 +121,16 @@ def test_a_process_that_fails_before_it_was_ever_ready_stops_everything(tmp_path
     out.wait_for(r"broken \(pid \d+\) exited with code 3 before it was ready; stopping")
     assert "ALL READY" not in out.text
     assert session_members(proc.pid) == set()
+
+
+def test_a_supervised_thread_that_fails_is_restarted_and_its_error_logged(tmp_path, cleanup):
+    proc, out = supervise(tmp_path, {"sleeper": SLEEPER}, thread="lambda stop: 1 / 0")
+    cleanup(proc)
+    out.wait_for(r"ticker failed:")
+    out.wait_for(r"ZeroDivisionError")
+    out.wait_for(r"after [\d.]+ s; restarting it in 0.1 s \(restart 1\)")
+    out.wait_for(r"ticker failed:", after=len(out.lines))
+    out.wait_for(r"restarting it in 0.2 s \(restart 2\)")
+
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 0
