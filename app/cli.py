@@ -7,9 +7,6 @@ workers/, so a web-only install (no torch) has every command here.
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
 import sys
 import uuid
 
@@ -158,8 +155,13 @@ def credits_audit() -> None:
 
 
 @cli.command()
-def web(host: str = "127.0.0.1", port: int = 8000) -> None:
-    """Serve the web app (no worker)."""
+def web(
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int = typer.Option(1, min=1, help="Web processes (uvicorn workers) sharing the port."),
+) -> None:
+    """Serve the web app (no worker). Behind a TLS proxy: X-Forwarded-* headers are
+    trusted from the addresses in FORWARDED_ALLOW_IPS (default 127.0.0.1)."""
     import uvicorn
 
     from app import migrate
@@ -170,34 +172,45 @@ def web(host: str = "127.0.0.1", port: int = 8000) -> None:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(1) from None
 
-    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, proxy_headers=True)
+    uvicorn.run("app.main:create_app", factory=True, host=host, port=port, proxy_headers=True, workers=workers)
+
+
+def _local_url(host: str, port: int) -> str:
+    """Where this machine reaches a server listening on ``host``."""
+    host = {"0.0.0.0": "127.0.0.1", "": "127.0.0.1", "::": "::1"}.get(host, host)
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _dev_log(message: str) -> None:
+    typer.secho(f"gouache dev: {message}", fg="cyan", err=True)
 
 
 @cli.command()
 def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for the web app.")) -> None:
-    """Migrate, then run the web app and one worker together (the embedded default)."""
-    import uvicorn
-
+    """Migrate, then run the web app and one worker together (the embedded default),
+    restarting the worker if it exits; Ctrl-C or SIGTERM stops everything."""
     from app import migrate
+    from app.ops.supervisor import Supervisor, http_ok
 
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings)
-    worker_proc = subprocess.Popen(
-        [sys.executable, "-m", "celery", "-A", "workers.celery_app", *worker_argv(None, "INFO")],
-        env=os.environ.copy(),
+
+    supervisor = Supervisor(log=_dev_log)
+    web_argv = ["-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port)]
+    supervisor.process(
+        "web",
+        [sys.executable, *web_argv, "--timeout-graceful-shutdown", "5"],
+        ready=http_ok(f"{_local_url(host, port)}/healthz"),
     )
-    typer.secho(
-        f"\n  Gouache is running at http://{host}:{port}/  (data in {settings.data_dir})\n", fg="green", bold=True
-    )
-    try:
-        uvicorn.run("app.main:create_app", factory=True, host=host, port=port)
-    finally:
-        worker_proc.send_signal(signal.SIGTERM)
-        try:
-            worker_proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            worker_proc.kill()
+    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
+    supervisor.process("worker", [*celery, *worker_argv(None, "INFO")], ready_file=True)
+
+    def announce() -> None:
+        url = f"{_local_url(host, port)}/"
+        typer.secho(f"\n  Gouache is running at {url}  (data in {settings.data_dir})\n", fg="green", bold=True)
+
+    raise typer.Exit(supervisor.run(on_ready=announce))
 
 
 def run(typer_app: typer.Typer) -> None:

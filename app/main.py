@@ -18,6 +18,7 @@ from app.gallery.routes import router as gallery_router
 from app.generation.catalog import get_catalog
 from app.generation.routes import api as generation_api
 from app.generation.routes import router as generation_router
+from app.ops.routes import router as ops_router
 from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
 
 
@@ -81,5 +82,6 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.include_router(credits_router, dependencies=refilled)
     app.include_router(generation_api, dependencies=refilled)
     app.include_router(stripe_router)
+    app.include_router(ops_router)  # probes: no user, no refill
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     return app

@@ -12,11 +12,26 @@ from app.config import Settings
 
 GENERATE_TASK = "gouache.generate"
 
+# Redis (and SQS) hand an unacknowledged message to another worker after this long. With
+# late acks a job's message stays unacknowledged while it runs, so this must be longer
+# than the longest job, or a second worker would start it while the first still runs (its
+# claim would find nothing to do, but it would wait in line for it). A worker that dies
+# is noticed much sooner, from the job's row (its lease), not from the broker.
+VISIBILITY_TIMEOUT_S = 6 * 3600
+
+
+def transport_options(settings: Settings) -> dict[str, object]:
+    """The broker connection's options for the broker the settings name."""
+    if settings.broker_url.startswith(("redis://", "rediss://", "redis+socket://", "sqs://")):
+        return {"visibility_timeout": VISIBILITY_TIMEOUT_S}
+    return {}
+
 
 def configure(celery: Celery, settings: Settings) -> Celery:
     """The settings every Gouache Celery app has, sender or worker."""
     celery.conf.update(
         broker_url=settings.broker_url,
+        broker_transport_options=transport_options(settings),
         task_default_queue=settings.queue,
         # The job row is the record, not the result backend.
         task_ignore_result=True,

@@ -10,5 +10,7 @@ from celery import Celery
 
 from app.config import get_settings
 from app.queue import configure
+from workers import readiness
 
 app = configure(Celery("gouache", include=["workers.tasks"]), get_settings())  # importing creates no folders
+readiness.connect()  # under `gouache dev`, the worker tells the supervisor when it is ready
