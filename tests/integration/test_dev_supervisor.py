@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.config import REPO_ROOT
-from tests.conftest import settings_env, wait_for_job
+from tests.support import settings_env, wait_for_job
 from tests.processes import Output, alive, descendants, free_port, session_members
 
 pytestmark = pytest.mark.worker

@@ -19,14 +19,14 @@ from app.accounts.models import User
 from app.accounts.service import sign_up
 from app.config import Settings
 from app.db import reading, transaction
-from tests.conftest import PASSWORD
+from tests.support import PASSWORD
 
 WAIT_S = 10  # far longer than a read takes; a read blocked by the writer would wait 30 s
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def db(request: pytest.FixtureRequest, tmp_path) -> Settings:
-    from tests.conftest import migrated
+    from tests.support import migrated
 
     overrides = {"database_url": request.getfixturevalue("pg_url")} if request.param == "postgres" else {}
     return migrated(Settings(_env_file=None, data_dir=tmp_path / "data", **overrides))

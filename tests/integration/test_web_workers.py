@@ -9,7 +9,7 @@ import sys
 import urllib.request
 
 from app.config import REPO_ROOT
-from tests.conftest import settings_env
+from tests.support import settings_env
 from tests.processes import Output, alive, descendants, free_port, session_members
 
 
