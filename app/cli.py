@@ -1,4 +1,4 @@
-"""The web side of the `gouache` command: web, dev, db, credits.
+"""The web side of the `gouache` command: web, dev, janitor, db, credits.
 
 The worker side (worker, generate, train-demo) lives in ``workers/cli.py``, which adds
 these commands to its own and is what the ``gouache`` script runs: app/ never imports
@@ -198,6 +198,35 @@ def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for t
             worker_proc.wait(timeout=15)
         except subprocess.TimeoutExpired:
             worker_proc.kill()
+
+
+@cli.command()
+def janitor(
+    interval: float = typer.Option(None, help="Seconds between sweeps (default: GOUACHE_JANITOR_INTERVAL_S)."),
+    once: bool = typer.Option(False, "--once", help="Sweep once, print what was done, and exit."),
+) -> None:
+    """Recover jobs whose worker died or whose message never went out, time out queued jobs,
+    and clean up (previews, old inputs, expired sessions, delivered broker messages), until
+    SIGTERM or Ctrl-C. Run one per deployment next to the workers (`gouache dev` runs its own)."""
+    import logging
+    import threading
+
+    from app.generation import janitor as job_janitor
+
+    settings = _migrated_settings()
+    if once:
+        typer.echo(f"Janitor: {job_janitor.sweep(settings)}.")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("janitor: %s received; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    job_janitor.run(settings, stop, interval)
 
 
 def run(typer_app: typer.Typer) -> None:
