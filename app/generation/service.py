@@ -266,7 +266,7 @@ def enqueue(settings: Settings, job: Job) -> None:
     """Send the committed job to its model's queue. A crash before this leaves the job
     unsent, and the janitor sends it; a broker that refuses fails it at once, refunded."""
     try:
-        send(settings, job.id, job.model)
+        job.sent_at = send(settings, job.id, job.model)
     except Exception as exc:  # the broker is down: the user must not pay for a job that never runs
         fail(settings, job.id, "The job could not be queued; no credits were charged. Please try again.")
         raise ServiceUnavailable(
@@ -274,17 +274,19 @@ def enqueue(settings: Settings, job: Job) -> None:
         ) from exc
 
 
-def send(settings: Settings, job_id: str, model: str) -> None:
+def send(settings: Settings, job_id: str, model: str) -> datetime:
     """Put the job's message on its model's queue (which only workers serving that model
-    consume), then record that it went out. Raises if the broker is unreachable."""
+    consume), then record that it went out; when. Raises if the broker is unreachable."""
     queue = get_catalog(settings).get(model).queue(settings.queue)
     send_generate(settings, job_id, queue)
+    sent = utcnow()
     with transaction(settings) as session:
         session.execute(
             update(Job)
             .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.sent_at.is_(None))
-            .values(sent_at=utcnow())
+            .values(sent_at=sent)
         )
+    return sent
 
 
 def recent_jobs(settings: Settings, user_id: int, limit: int) -> list[tuple[Job, list[Image]]]:
