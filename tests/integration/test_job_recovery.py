@@ -297,3 +297,28 @@ def test_gouache_janitor_sweeps_until_sigterm(leased, tmp_path):
             if proc.poll() is None:
                 proc.kill()
     assert "SIGTERM received; stopping" in log.read_text()
+
+
+def test_jobs_from_before_leases_are_migrated_as_sent_and_a_running_one_goes_to_the_janitor(any_db_settings):
+    from alembic import command
+    from sqlalchemy import text
+
+    from app.main import create_app
+    from app.migrate import alembic_config, upgrade
+
+    settings = any_db_settings
+    c = Browserless(create_app(settings))
+    c.sign_up("ada@example.com")
+    queued = c.api_post("/api/v1/generations", {"prompt": "a cat", "steps": 4}).json()
+    running = c.api_post("/api/v1/generations", {"prompt": "a dog", "steps": 4}).json()
+    command.downgrade(alembic_config(settings), "0007")
+    with transaction(settings) as session:  # a worker had it when the old version stopped
+        session.execute(
+            text("UPDATE jobs SET status = 'running', heartbeat_at = created_at WHERE id = :id"), {"id": running["id"]}
+        )
+    upgrade(settings)
+    old_queued, old_running = job_row(settings, queued["id"]), job_row(settings, running["id"])
+    assert old_queued.sent_at == old_queued.created_at and old_queued.attempts == 0
+    assert old_running.attempts == 1 and old_running.lease_expires_at == old_running.heartbeat_at
+    assert janitor.sweep(settings, housekeeping=False).requeued == 1
+    assert job_row(settings, running["id"]).status == "queued"
