@@ -1,4 +1,4 @@
-"""The web side of the `gouache` command: web, dev, db, credits.
+"""The web side of the `gouache` command: web, dev, janitor, db, credits.
 
 The worker side (worker, generate, train-demo) lives in ``workers/cli.py``, which adds
 these commands to its own and is what the ``gouache`` script runs: app/ never imports
@@ -187,9 +187,10 @@ def _dev_log(message: str) -> None:
 
 @cli.command()
 def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for the web app.")) -> None:
-    """Migrate, then run the web app and one worker together (the embedded default),
-    restarting the worker if it exits; Ctrl-C or SIGTERM stops everything."""
+    """Migrate, then run the web app, one worker and the janitor together (the embedded
+    default), restarting the worker if it exits; Ctrl-C or SIGTERM stops everything."""
     from app import migrate
+    from app.generation import janitor as job_janitor
     from app.ops.supervisor import Supervisor, http_ok
 
     settings = get_settings()
@@ -205,12 +206,43 @@ def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for t
     )
     celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
     supervisor.process("worker", [*celery, *worker_argv(None, "INFO")], ready_file=True)
+    supervisor.thread("janitor", lambda stop: job_janitor.run(settings, stop))
 
     def announce() -> None:
         url = f"{_local_url(host, port)}/"
         typer.secho(f"\n  Gouache is running at {url}  (data in {settings.data_dir})\n", fg="green", bold=True)
 
     raise typer.Exit(supervisor.run(on_ready=announce))
+
+
+@cli.command()
+def janitor(
+    interval: float = typer.Option(None, help="Seconds between sweeps (default: GOUACHE_JANITOR_INTERVAL_S)."),
+    once: bool = typer.Option(False, "--once", help="Sweep once, print what was done, and exit."),
+) -> None:
+    """Recover jobs whose worker died or whose message never went out, time out queued jobs,
+    and clean up (previews, old inputs, expired sessions, delivered broker messages), until
+    SIGTERM or Ctrl-C. Run one per deployment next to the workers (`gouache dev` runs its own)."""
+    import logging
+    import signal
+    import threading
+
+    from app.generation import janitor as job_janitor
+
+    settings = _migrated_settings()
+    if once:
+        typer.echo(f"Janitor: {job_janitor.sweep(settings)}.")
+        return
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    stop = threading.Event()
+
+    def _stop(signum: int, _frame: object) -> None:
+        logging.getLogger(__name__).info("janitor: %s received; stopping", signal.Signals(signum).name)
+        stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, _stop)
+    job_janitor.run(settings, stop, interval)
 
 
 def run(typer_app: typer.Typer) -> None:

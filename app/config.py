@@ -112,10 +112,24 @@ class Settings(BaseSettings):
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1", "mps"
 
     queue: str = "generate"
-    # A running job with no progress for this long lost its worker; a queued job
-    # not picked up for this long has no worker. Either is failed and refunded.
+    # A running job holds a lease its worker renews every few seconds; the janitor requeues
+    # a job whose lease expired (its worker died), up to job_max_attempts claims, then
+    # fails it and releases its credits.
+    job_lease_s: int = Field(default=30, ge=2)
+    job_max_attempts: int = Field(default=3, ge=1)
+    # A running job whose pipeline made no progress for this long is stuck: its worker
+    # stops renewing the lease, so the job goes to another worker.
     job_stale_after_s: int = Field(default=600, ge=10)
+    # A queued job no worker took for this long (no worker serves its model) is failed
+    # and refunded.
     job_queue_timeout_s: int = Field(default=3600, ge=10)
+    # Fair sharing: one user's jobs queued + running at once (0: no limit); one more is
+    # refused (HTTP 429) and holds nothing.
+    max_active_jobs_per_user: int = Field(default=4, ge=0)
+    # Housekeeping by the janitor (`gouache janitor`, or the one `gouache dev` runs):
+    # how often it sweeps, and how long a finished job's uploaded inputs are kept.
+    janitor_interval_s: float = Field(default=5.0, gt=0)
+    input_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

@@ -36,3 +36,9 @@ class CsrfFailed(UserError):
 
 class ServiceUnavailable(UserError):
     status_code = 503
+
+
+class TooManyJobs(UserError):
+    """Fair sharing: the user already has as many jobs queued or running as one may."""
+
+    status_code = 429

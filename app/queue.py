@@ -85,3 +85,47 @@ def send_generate(settings: Settings, job_id: str, queue: str) -> None:
     """Put a generation job on a model's queue (raises if the broker is unreachable)."""
     ensure_data_dir(settings)
     _sender(settings).send_task(GENERATE_TASK, args=[job_id], queue=queue)
+
+
+# kombu's SQLAlchemy transport marks a delivered message invisible and never deletes it
+# (nor redelivers it: recovery comes from the job rows), so its table grows with every job.
+BROKER_MESSAGE_TABLE = "kombu_message"
+_PRUNE_BATCH = 1000
+
+
+def prune_broker(settings: Settings) -> int:
+    """Delete the embedded broker's delivered messages (a SQL broker's only); how many.
+    In batches, so kombu's own writers never wait long for the lock."""
+    if not settings.broker_url.startswith(("sqla+", "sqlalchemy+")):
+        return 0  # Redis, RabbitMQ: the broker deletes a message when it is acknowledged
+    from sqlalchemy import create_engine, inspect, text
+
+    url = settings.broker_url.split("+", 1)[1]
+    if url.startswith("sqlite:") and not _sqlite_file_exists(url):
+        return 0  # nothing sent yet: no broker file to create here
+    engine = create_engine(url, connect_args={"timeout": 30} if url.startswith("sqlite:") else {})
+    try:
+        if not inspect(engine).has_table(BROKER_MESSAGE_TABLE):
+            return 0
+        delete = text(
+            f"DELETE FROM {BROKER_MESSAGE_TABLE} WHERE id IN "
+            f"(SELECT id FROM {BROKER_MESSAGE_TABLE} WHERE visible = :no LIMIT {_PRUNE_BATCH})"
+        )
+        total = 0
+        while True:
+            with engine.begin() as connection:
+                deleted = connection.execute(delete, {"no": False}).rowcount
+            total += deleted
+            if deleted < _PRUNE_BATCH:
+                return total
+    finally:
+        engine.dispose()
+
+
+def _sqlite_file_exists(url: str) -> bool:
+    from pathlib import Path
+
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    return database is not None and Path(database).exists()

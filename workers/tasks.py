@@ -1,11 +1,14 @@
 """generate(job_id): claim the job → run the pipeline → store images → capture.
 
-Any failure marks the job failed and releases its credits. A task delivered
-twice finds the job already claimed and does nothing.
+Any failure marks the job failed and releases its credits. A task delivered twice finds
+the job held by a live attempt (or over) and does nothing. While it runs, one writer
+thread (``workers/lease.py``) renews the attempt's lease and records its progress; every
+write names the attempt, so a worker that lost its lease changes nothing.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from typing import Any
@@ -14,7 +17,7 @@ from celery.signals import worker_process_init
 from PIL import Image
 
 from app.config import Settings, get_settings
-from app.enums import SAMPLERS, Mode
+from app.enums import SAMPLERS, JobStatus, Mode
 from app.gallery import thumbnails
 from app.generation import metadata, quote, service
 from app.generation.catalog import ModelSpec, get_catalog
@@ -23,6 +26,9 @@ from app.queue import GENERATE_TASK
 from app.storage import Storage, get_storage, image_key, preview_key, thumbnail_key
 from workers import pipelines
 from workers.celery_app import app
+from workers.lease import AttemptWriter, JobCancelled, JobLost
+
+__all__ = ["JobCancelled", "JobLost", "generate"]
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +44,9 @@ def served_models(settings: Settings) -> list[ModelSpec]:
 
 @worker_process_init.connect
 def _warm_up(**_kwargs: Any) -> None:
-    # Refund jobs orphaned by a worker that died, then load the first model this
-    # worker serves now rather than on the first user's job.
+    # Load the first model this worker serves now rather than on the first user's job.
+    # (Jobs orphaned by a worker that died are the janitor's.)
     settings = get_settings()
-    try:
-        if reaped := service.reap_stale_jobs(settings):
-            log.warning("failed and refunded %d stale job(s)", reaped)
-    except Exception:
-        log.exception("could not reap stale jobs")
     served = served_models(settings)
     log.info("serving models: %s", ", ".join(m.id for m in served) or "none")
     if not served:
@@ -56,49 +57,65 @@ def _warm_up(**_kwargs: Any) -> None:
         log.exception("could not load model %s at start", served[0].id)
 
 
-class JobCancelled(Exception):
-    """Raised between steps when the job's owner pressed Cancel; stops the pipeline."""
-
-
 @app.task(name=GENERATE_TASK)
 def generate(job_id: str) -> None:
     settings = get_settings()
     job = service.claim(settings, job_id)
     if job is None:
-        log.info("job %s already claimed; skipping duplicate delivery", job_id)
+        log.info("job %s is held by another attempt or over; skipping this delivery", job_id)
         return
+    attempt = job.attempts
+    if attempt > 1:
+        log.warning("job %s: attempt %d (an earlier one lost its worker)", job_id, attempt)
+    storage = get_storage(settings)
+    writer = AttemptWriter(settings, job, storage).start()
+    lost = False
     try:
-        record(settings, job, run(settings, job))
+        record(settings, job, run(settings, job, writer), writer)
     except JobCancelled:
         log.info("job %s cancelled by its owner", job_id)
-        service.settle_cancelled(settings, job_id)
+        service.settle_cancelled(settings, job_id, attempt)
+    except JobLost:
+        lost = True
+        log.warning("job %s: attempt %d lost its lease; stopping (the janitor gave the job on)", job_id, attempt)
     except Exception as exc:
         log.exception("job %s failed", job_id)
-        service.fail(settings, job_id, f"Generation failed: {type(exc).__name__}: {exc}")
+        service.fail(settings, job_id, f"Generation failed: {type(exc).__name__}: {exc}", attempt)
     finally:
-        # the live preview is only for while it runs
-        try:
-            get_storage(settings).delete(preview_key(job.user_id, job.id))
-        except Exception:
-            log.warning("could not delete the preview of job %s", job_id, exc_info=True)
+        writer.stop()
+        # the live preview is only for while it runs (a lost attempt's is the next one's)
+        if not lost or service.status_of(settings, job_id) in service.FINISHED:
+            try:
+                storage.delete(preview_key(job.user_id, job.id))
+            except Exception:
+                log.warning("could not delete the preview of job %s", job_id, exc_info=True)
 
 
-def record(settings: Settings, job: Job, made: Made) -> None:
+def record(settings: Settings, job: Job, made: Made, writer: AttemptWriter | None = None) -> None:
     """Store the images (PNG with their parameters, and a thumbnail), then record them
-    and capture the charge; a job failed meanwhile gets none of them."""
+    and capture the charge, if this attempt still holds the job."""
     storage = get_storage(settings)
     stored = []
     for index, (image, seed) in enumerate(made):
+        if writer is not None:
+            writer.check()  # lost meanwhile: another attempt writes these keys
         key = image_key(job.user_id, job.id, index)
         storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
         thumb_key = store_thumbnail(storage, job, index, image)
         stored.append(service.StoredImage(key, thumb_key, index, seed, image.width, image.height))
-    if not service.succeed(settings, job, stored):
-        log.warning("job %s was failed meanwhile; discarding its images", job.id)
-        for image_ in stored:
-            storage.delete(image_.key)
-            if image_.thumb_key:
-                storage.delete(image_.thumb_key)
+    if service.succeed(settings, job, stored):
+        return
+    status = service.status_of(settings, job.id)
+    if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+        # Requeued, or another attempt runs or ran it: the same keys are (or will be) that
+        # attempt's images, so they stay.
+        log.warning("job %s: attempt %d lost the job before recording; keeping the images", job.id, job.attempts)
+        return
+    log.warning("job %s was %s meanwhile; discarding its images", job.id, status)
+    for image_ in stored:
+        storage.delete(image_.key)
+        if image_.thumb_key:
+            storage.delete(image_.thumb_key)
 
 
 def model_of(settings: Settings, job: Job) -> ModelSpec:
@@ -121,15 +138,18 @@ def store_thumbnail(storage: Storage, job: Job, index: int, image: Image.Image) 
     return key
 
 
-def run(settings: Settings, job: Job) -> Made:
-    """Make the job's images, reporting progress per denoising step."""
+def run(settings: Settings, job: Job, writer: AttemptWriter | None = None) -> Made:
+    """Make the job's images, handing each denoising step to the attempt's writer (without
+    one, as when a test runs the pipeline alone, an unstarted writer that records nothing)."""
+    storage = get_storage(settings)
+    writer = writer or AttemptWriter(settings, job, storage)
     model = model_of(settings, job)
     pipe = pipelines.load(settings, model.source)
+    writer.check()  # cancelled (or lost) while the model loaded
     log.info(
         "job %s: %s %d×%d, %d steps, %d image(s)", job.id, job.mode, job.width, job.height, job.steps, job.n_images
     )
-    storage = get_storage(settings)
-    report = progress_reporter(settings, job, pipe, storage)
+    report = progress_reporter(settings, job, pipe, writer)
     common: dict[str, Any] = dict(
         prompt=job.prompt,
         negative_prompt=job.negative_prompt,
@@ -160,23 +180,29 @@ def run(settings: Settings, job: Job) -> Made:
 
 
 def progress_reporter(
-    settings: Settings, job: Job, pipe: pipelines.Pipeline, storage: Storage
+    settings: Settings, job: Job, pipe: pipelines.Pipeline, writer: AttemptWriter
 ) -> pipelines.StepCallback:
-    """The pipeline's ``on_step``: records the job's progress (and now and then a live
-    preview), and stops the run when its owner asked to cancel."""
+    """The pipeline's ``on_step``: hands the step (and now and then the first image's
+    latents, copied, for a live preview the writer renders) to the writer without waiting,
+    and stops the run if the writer last read a Cancel or a lost lease."""
 
     def report(done: int, total: int, latents: Any = None) -> None:
         step = round(done / total * job.steps)
-        key = None
+        preview = None
         if latents is not None and settings.preview_every and done % settings.preview_every == 0 and done < total:
-            key = preview_key(job.user_id, job.id)
-            buf = io.BytesIO()
-            pipelines.preview(pipe, latents).save(buf, format="JPEG", quality=70)
-            storage.put(key, buf.getvalue(), "image/jpeg")
-        if service.report_progress(settings, job.id, step, key):
-            raise JobCancelled(job.id)
+            # a copy: the next step changes latents in place
+            preview = functools.partial(preview_jpeg, pipe, latents[:1].detach().clone())
+        writer.step(step, preview)
+        writer.check()
 
     return report
+
+
+def preview_jpeg(pipe: pipelines.Pipeline, latents: Any) -> bytes:
+    """The live preview of the first image's latents, a small JPEG (on the writer's thread)."""
+    buf = io.BytesIO()
+    pipelines.preview(pipe, latents).save(buf, format="JPEG", quality=70)
+    return buf.getvalue()
 
 
 def upscale(

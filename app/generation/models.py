@@ -2,7 +2,18 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, Float, ForeignKey, Integer, String, Text, UniqueConstraint, false
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    false,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -10,11 +21,20 @@ from app.enums import JobStatus
 
 
 class Job(Base):
-    """A generation request. The row, not the broker message, is the record:
-    a worker claims it with a conditional update, so a redelivered task runs once."""
+    """A generation request. The row, not the broker message, is the record: a worker
+    claims it with a conditional update that counts the attempt and starts a lease, and
+    every later write names that attempt, so a redelivered task runs once and a worker
+    that lost its lease changes nothing."""
 
     __tablename__ = "jobs"
-    __table_args__ = (UniqueConstraint("user_id", "client_request_id"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "client_request_id"),
+        # Active jobs (few) by status: the janitor, and the per-user cap. Leftover previews and
+        # inputs by their keys (NULL once cleaned, so a sweep finds only the work).
+        Index("ix_jobs_status", "status", "user_id"),
+        Index("ix_jobs_preview_key", "preview_key"),
+        Index("ix_jobs_source_key", "source_key"),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
@@ -59,10 +79,16 @@ class Job(Base):
     error: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     started_at: Mapped[datetime | None]
-    # Last sign of life from the worker (claim, each step): a running job whose
-    # heartbeat is old had its worker die, and is failed and refunded.
+    # Last sign of life from the worker (claim, each renewal).
     heartbeat_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
+    # Transactional enqueue: NULL until the broker accepted the job's message (the row
+    # and its hold commit first); the janitor sends a queued job still NULL.
+    sent_at: Mapped[datetime | None]
+    # The running attempt's lease, renewed by its worker; expired, the janitor requeues it.
+    lease_expires_at: Mapped[datetime | None]
+    # Claims so far; the running one is the attempt every worker-side write names.
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
     @property
     def done(self) -> bool:

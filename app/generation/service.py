@@ -12,15 +12,16 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import CursorResult, Update, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Update, and_, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.accounts.models import User
 from app.config import Settings
 from app.credits import ledger
 from app.db import reading, transaction, utcnow
 from app.enums import MODES, JobStatus, Mode
-from app.errors import NotFound, ServiceUnavailable, UserError
+from app.errors import NotFound, ServiceUnavailable, TooManyJobs, UserError
 from app.gallery import service as gallery
 from app.gallery.models import Image
 from app.generation import images, quote
@@ -31,7 +32,15 @@ from app.queue import send_generate
 from app.storage import ObjectNotFound, Storage, get_storage, input_key
 
 if TYPE_CHECKING:
+    from datetime import datetime
+
     from PIL.Image import Image as PILImage
+
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+FINISHED = (JobStatus.SUCCEEDED, JobStatus.FAILED, JobStatus.CANCELLED)
+# A queued job whose message is this old and still not sent lost its web process between
+# the commit and the send (a younger one may be in that moment now): the janitor sends it.
+UNSENT_GRACE_S = 10
 
 
 @dataclass(frozen=True)
@@ -82,13 +91,28 @@ def submit(
     client_request_id = (client_request_id or "").strip()[:64] or uuid.uuid4().hex
     existing = _job_by_request(settings, user_id, client_request_id)
     if existing is not None:
-        return existing
+        return _sent(settings, existing)
     req, inputs = prepare_inputs(settings, user_id, req, uploads or {})
     job = _new_job(settings, user_id, req, client_request_id)
     created = _create_and_hold(settings, job, inputs, _memo(req))
     if created is job:
         enqueue(settings, job)
     return created
+
+
+def _sent(settings: Settings, job: Job) -> Job:
+    """The job a retry found, sent first if a crash left it unsent (a ghost): the retry
+    gets a job that really runs."""
+    if job.status != JobStatus.QUEUED or job.sent_at is not None:
+        return job
+    if job.created_at > utcnow() - timedelta(seconds=UNSENT_GRACE_S):
+        return job  # its own request may be sending it right now
+    try:
+        send(settings, job.id, job.model)
+    except Exception:  # the janitor sends it later
+        return job
+    with transaction(settings) as session:
+        return session.get_one(Job, job.id)
 
 
 def prepare_inputs(
@@ -175,15 +199,17 @@ def _new_job(settings: Settings, user_id: int, req: GenerationRequest, client_re
 
 
 def _create_and_hold(settings: Settings, job: Job, inputs: Inputs, memo: str) -> Job:
-    """Store the job's inputs, then save it and hold its price in one transaction. A
-    concurrent double submit (the same request id) gets the job that won instead; a job
-    not created (no credits ...) leaves no inputs behind."""
+    """Store the job's inputs, then, in one transaction, check the user's cap, save the
+    job (unsent) and hold its price. A concurrent double submit (the same request id) gets
+    the job that won instead; a job not created (no credits, over the cap) leaves no
+    inputs behind."""
     storage = get_storage(settings)
     # stored before the charge; removed again if the job is not created
     job.source_key = _store_input(storage, job, "source", inputs.source_png)
     job.mask_key = _store_input(storage, job, "mask", inputs.mask_png)
     try:
         with transaction(settings) as session:
+            _check_active_cap(session, settings, job.user_id)
             session.add(job)
             session.flush()
             ledger.hold(session, job.user_id, job.price, job_id=job.id, memo=memo)
@@ -198,6 +224,22 @@ def _create_and_hold(settings: Settings, job: Job, inputs: Inputs, memo: str) ->
             raise
         return existing
     return job
+
+
+def _check_active_cap(session: Session, settings: Settings, user_id: int) -> None:
+    """Fair sharing: refuse a job past the user's cap of jobs queued + running. Runs in the
+    hold's transaction, after locking the account (PostgreSQL; SQLite's BEGIN IMMEDIATE
+    already serializes writers), so two concurrent submits count one after the other."""
+    cap = settings.max_active_jobs_per_user
+    if not cap:
+        return
+    session.execute(select(User.id).where(User.id == user_id).with_for_update())
+    active = session.scalar(select(func.count()).select_from(Job).where(Job.status.in_(ACTIVE), Job.user_id == user_id))
+    if (active or 0) >= cap:
+        raise TooManyJobs(
+            f"You already have {active} jobs queued or running, the most one account can have at once. "
+            "Submit this one when one of them has finished; nothing was charged."
+        )
 
 
 def _store_input(storage: Storage, job: Job, name: str, png: bytes | None) -> str | None:
@@ -221,15 +263,30 @@ def _job_by_request(settings: Settings, user_id: int, client_request_id: str) ->
 
 
 def enqueue(settings: Settings, job: Job) -> None:
-    """Send the job to its model's queue, which only workers serving that model consume."""
-    queue = get_catalog(settings).get(job.model).queue(settings.queue)
+    """Send the committed job to its model's queue. A crash before this leaves the job
+    unsent, and the janitor sends it; a broker that refuses fails it at once, refunded."""
     try:
-        send_generate(settings, job.id, queue)
+        job.sent_at = send(settings, job.id, job.model)
     except Exception as exc:  # the broker is down: the user must not pay for a job that never runs
         fail(settings, job.id, "The job could not be queued; no credits were charged. Please try again.")
         raise ServiceUnavailable(
             "The generation queue is unavailable right now; nothing was charged. Please try again."
         ) from exc
+
+
+def send(settings: Settings, job_id: str, model: str) -> datetime:
+    """Put the job's message on its model's queue (which only workers serving that model
+    consume), then record that it went out; when. Raises if the broker is unreachable."""
+    queue = get_catalog(settings).get(model).queue(settings.queue)
+    send_generate(settings, job_id, queue)
+    sent = utcnow()
+    with transaction(settings) as session:
+        session.execute(
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.QUEUED, Job.sent_at.is_(None))
+            .values(sent_at=sent)
+        )
+    return sent
 
 
 def recent_jobs(settings: Settings, user_id: int, limit: int) -> list[tuple[Job, list[Image]]]:
@@ -252,19 +309,12 @@ def source_image(settings: Settings, user_id: int, image_id: str) -> SourceImage
 
 
 def get_job(settings: Settings, user_id: int, job_id: str) -> tuple[Job, list[Image]]:
-    """The user's own job and its images, or NotFound (never another user's).
-
-    A job whose worker died is failed (and refunded) here, when its owner looks.
-    """
+    """The user's own job and its images, or NotFound (never another user's). (A job
+    whose worker died is the janitor's: :mod:`app.generation.janitor`.)"""
     with reading(settings) as session:
         job = session.get(Job, job_id)
         if job is None or job.user_id != user_id:
             raise NotFound("No such job.")
-        stale = _is_stale(settings, job)
-    if stale:
-        fail(settings, job_id, stale)
-    with reading(settings) as session:
-        job = session.get_one(Job, job_id)
         return job, job_images(session, job)
 
 
@@ -283,38 +333,94 @@ STALE_RUNNING = "The worker stopped responding; no credits were charged. Please 
 STALE_QUEUED = "No worker picked this job up in time; no credits were charged. Please try again later."
 
 
-def _is_stale(settings: Settings, job: Job) -> str | None:
-    now = utcnow()
-    if job.status == JobStatus.RUNNING and (job.heartbeat_at or job.created_at) < now - timedelta(
-        seconds=settings.job_stale_after_s
-    ):
-        return STALE_RUNNING
-    if job.status == JobStatus.QUEUED and job.created_at < now - timedelta(seconds=settings.job_queue_timeout_s):
-        return STALE_QUEUED
-    return None
+# ---- the janitor's transitions (app/generation/janitor.py runs them) ---------------
 
 
-def reap_stale_jobs(settings: Settings) -> int:
-    """Fail and refund every job whose worker died or that no worker took; returns how many."""
-    now = utcnow()
-    stale_before = now - timedelta(seconds=settings.job_stale_after_s)
-    queued_before = now - timedelta(seconds=settings.job_queue_timeout_s)
+@dataclass(frozen=True)
+class Expired:
+    """A running job whose lease ran out: its worker died, froze or lost the database."""
+
+    id: str
+    attempt: int
+    cancel_requested: bool
+
+
+def expired_leases(settings: Settings, now: datetime, limit: int = 500) -> list[Expired]:
+    """Running jobs whose lease expired before ``now``."""
     with transaction(settings) as session:
-        ids = session.scalars(
-            select(Job.id).where(
-                or_(
-                    (Job.status == JobStatus.RUNNING) & (Job.heartbeat_at < stale_before),
-                    (Job.status == JobStatus.QUEUED) & (Job.created_at < queued_before),
-                )
-            )
+        rows = session.execute(
+            select(Job.id, Job.attempts, Job.cancel_requested)
+            .where(Job.status == JobStatus.RUNNING, or_(Job.lease_expires_at < now, Job.lease_expires_at.is_(None)))
+            .limit(limit)
         ).all()
-    for job_id in ids:
-        with transaction(settings) as session:
-            job = session.get(Job, job_id)
-            reason = _is_stale(settings, job) if job is not None else None
-        if reason:
-            fail(settings, job_id, reason)
-    return len(ids)
+    return [Expired(*row) for row in rows]
+
+
+def _lease_lost(job_id: str, attempt: int, now: datetime) -> list[ColumnElement[bool]]:
+    """This attempt is still the job's and its lease has run out (its worker did not renew)."""
+    return [
+        Job.id == job_id,
+        Job.status == JobStatus.RUNNING,
+        Job.attempts == attempt,
+        or_(Job.lease_expires_at < now, Job.lease_expires_at.is_(None)),
+    ]
+
+
+def requeue(settings: Settings, job_id: str, attempt: int, now: datetime) -> str | None:
+    """running → queued (unsent) for the next attempt, if ``attempt`` still holds the
+    expired lease; the job's model (to send it to), or None if something else won."""
+    with transaction(settings) as session:
+        done = _updated(
+            session,
+            update(Job)
+            .where(*_lease_lost(job_id, attempt, now))
+            .values(status=JobStatus.QUEUED, sent_at=None, lease_expires_at=None, progress_step=0),
+        )
+        return session.scalar(select(Job.model).where(Job.id == job_id)) if done else None
+
+
+def give_up(settings: Settings, job_id: str, attempt: int, now: datetime, *, cancelled: bool) -> bool:
+    """End a job whose last allowed attempt lost its lease (or whose owner cancelled it
+    meanwhile), releasing its hold."""
+    if cancelled:
+        return _end(settings, job_id, _lease_lost(job_id, attempt, now), JobStatus.CANCELLED, "Cancelled.")
+    reason = f"The job stopped {attempt} times without finishing; no credits were charged. Please try again."
+    if attempt <= 1:
+        reason = STALE_RUNNING
+    return _end(settings, job_id, _lease_lost(job_id, attempt, now), JobStatus.FAILED, reason)
+
+
+def unsent_jobs(settings: Settings, now: datetime, limit: int = 500) -> list[tuple[str, str]]:
+    """(id, model) of queued jobs whose message never went out: requeued ones at once,
+    new ones once their own request had time to send them."""
+    young = now - timedelta(seconds=UNSENT_GRACE_S)
+    with transaction(settings) as session:
+        rows = session.execute(
+            select(Job.id, Job.model)
+            .where(
+                Job.status == JobStatus.QUEUED,
+                Job.sent_at.is_(None),
+                or_(Job.created_at < young, Job.attempts > 0),
+            )
+            .limit(limit)
+        ).all()
+    return [(job_id, model) for job_id, model in rows]
+
+
+def time_out_queued(settings: Settings, now: datetime) -> int:
+    """Fail and refund queued jobs no worker took within the queue timeout (no worker
+    serves their model); how many."""
+    cutoff = now - timedelta(seconds=settings.job_queue_timeout_s)
+    waiting_since = func.coalesce(Job.sent_at, Job.created_at)
+    with transaction(settings) as session:
+        ids = session.scalars(select(Job.id).where(Job.status == JobStatus.QUEUED, waiting_since < cutoff)).all()
+    stale = [Job.status == JobStatus.QUEUED, waiting_since < cutoff]
+    return sum(_end(settings, job_id, [Job.id == job_id, *stale], JobStatus.FAILED, STALE_QUEUED) for job_id in ids)
+
+
+def status_of(settings: Settings, job_id: str) -> str | None:
+    with transaction(settings) as session:
+        return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
 def job_images(session: Session, job: Job) -> list[Image]:
@@ -326,25 +432,70 @@ def job_images(session: Session, job: Job) -> list[Image]:
 
 
 def claim(settings: Settings, job_id: str) -> Job | None:
-    """queued → running, exactly once; None if another delivery already took it."""
+    """Start an attempt: queued → running, or take over a running job whose lease expired
+    (its worker died and the broker redelivered before the janitor requeued it), within
+    the attempts allowed. The returned job's ``attempts`` is this attempt, which every
+    later write names. None if another delivery holds it, or it is over."""
+    now = utcnow()
+    claimable = or_(
+        Job.status == JobStatus.QUEUED,
+        and_(Job.status == JobStatus.RUNNING, or_(Job.lease_expires_at < now, Job.lease_expires_at.is_(None))),
+    )
     with transaction(settings) as session:
         taken = _updated(
             session,
             update(Job)
-            .where(Job.id == job_id, Job.status == JobStatus.QUEUED)
-            .values(status=JobStatus.RUNNING, started_at=utcnow(), heartbeat_at=utcnow()),
+            .where(Job.id == job_id, claimable, Job.attempts < settings.job_max_attempts)
+            .values(
+                status=JobStatus.RUNNING,
+                attempts=Job.attempts + 1,
+                started_at=now,
+                heartbeat_at=now,
+                lease_expires_at=now + timedelta(seconds=settings.job_lease_s),
+                progress_step=0,
+            ),
         )
         return session.get(Job, job_id) if taken else None
 
 
-def report_progress(settings: Settings, job_id: str, step: int, preview_key: str | None = None) -> bool:
-    """Record progress (and the latest preview); True if the owner asked to cancel."""
-    values: dict[str, Any] = {"progress_step": step, "heartbeat_at": utcnow()}
+@dataclass(frozen=True)
+class Lease:
+    """What a renewal found: whether this attempt still holds the job, and whether its
+    owner asked to cancel."""
+
+    held: bool
+    cancel_requested: bool
+
+
+def renew(
+    settings: Settings,
+    job_id: str,
+    attempt: int,
+    *,
+    step: int | None = None,
+    preview_key: str | None = None,
+    extend: bool = True,
+) -> Lease:
+    """Record the attempt's progress (and its latest preview) and extend its lease, in one
+    short transaction; ``extend=False`` records without extending (a stuck pipeline lets
+    its lease run out). Nothing changes for an attempt that no longer holds the job."""
+    now = utcnow()
+    values: dict[str, Any] = {"heartbeat_at": now}
+    if extend:
+        values["lease_expires_at"] = now + timedelta(seconds=settings.job_lease_s)
+    if step is not None:
+        values["progress_step"] = step
     if preview_key:
         values["preview_key"] = preview_key
     with transaction(settings) as session:
-        session.execute(update(Job).where(Job.id == job_id, Job.status == JobStatus.RUNNING).values(**values))
-        return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+        held = _updated(
+            session,
+            update(Job)
+            .where(Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt)
+            .values(**values),
+        )
+        cancel = session.scalar(select(Job.cancel_requested).where(Job.id == job_id))
+    return Lease(held=bool(held), cancel_requested=bool(cancel))
 
 
 def request_cancel(settings: Settings, user_id: int, job_id: str) -> Job:
@@ -364,33 +515,25 @@ def request_cancel(settings: Settings, user_id: int, job_id: str) -> Job:
         return session.get_one(Job, job_id)
 
 
-def settle_cancelled(settings: Settings, job_id: str) -> bool:
-    """queued/running → cancelled, releasing the hold: a cancelled job produced no images."""
-    with transaction(settings) as session:
-        done = _updated(
-            session,
-            update(Job)
-            .where(Job.id == job_id, Job.status.in_((JobStatus.QUEUED, JobStatus.RUNNING)))
-            .values(status=JobStatus.CANCELLED, error="Cancelled.", finished_at=utcnow()),
-        )
-        if done:
-            job = session.get_one(Job, job_id)
-            ledger.release(session, job.user_id, job.price, job_id=job.id, memo="Released: cancelled")
-        return bool(done)
+def settle_cancelled(settings: Settings, job_id: str, attempt: int | None = None) -> bool:
+    """queued/running → cancelled, releasing the hold: a cancelled job produced no images.
+    With ``attempt``, only while that attempt still holds the job."""
+    return _end(settings, job_id, _current(job_id, attempt), JobStatus.CANCELLED, "Cancelled.")
 
 
 def succeed(settings: Settings, job: Job, stored: list[StoredImage]) -> bool:
     """Record the stored images and capture the charge.
 
-    Returns False (and records nothing) if the job is no longer running: it was
-    failed as stale meanwhile and its credits already went back.
+    Returns False (and records nothing) if ``job``'s attempt no longer holds it: the
+    janitor requeued or failed it meanwhile (another attempt records the images, or the
+    credits already went back), or its owner cancelled it.
     """
     with transaction(settings) as session:
         done = _updated(
             session,
             update(Job)
-            .where(Job.id == job.id, Job.status == JobStatus.RUNNING)
-            .values(status=JobStatus.SUCCEEDED, progress_step=job.steps, finished_at=utcnow()),
+            .where(*_current(job.id, job.attempts))
+            .values(status=JobStatus.SUCCEEDED, progress_step=job.steps, finished_at=utcnow(), lease_expires_at=None),
         )
         if not done:
             return False
@@ -410,16 +553,33 @@ def succeed(settings: Settings, job: Job, stored: list[StoredImage]) -> bool:
         return True
 
 
-def fail(settings: Settings, job_id: str, reason: str) -> None:
-    """Mark the job failed and give its held credits back (once)."""
+def fail(settings: Settings, job_id: str, reason: str, attempt: int | None = None) -> bool:
+    """Mark the job failed and give its held credits back (once). With ``attempt`` (a
+    worker's), only while that attempt still holds the job."""
+    return _end(settings, job_id, _current(job_id, attempt), JobStatus.FAILED, reason)
+
+
+def _current(job_id: str, attempt: int | None) -> list[ColumnElement[bool]]:
+    """Not finished; with ``attempt``, running as that attempt."""
+    if attempt is None:
+        return [Job.id == job_id, Job.status.in_(ACTIVE)]
+    return [Job.id == job_id, Job.status == JobStatus.RUNNING, Job.attempts == attempt]
+
+
+def _end(settings: Settings, job_id: str, where: list[ColumnElement[bool]], status: JobStatus, reason: str) -> bool:
+    """Finish the job as ``status`` if ``where`` still holds, releasing its hold; whether it did."""
     with transaction(settings) as session:
-        job = session.get(Job, job_id)
-        if job is None or job.done:
-            return
-        job.status = JobStatus.FAILED
-        job.error = reason[:2000]
-        job.finished_at = utcnow()
-        ledger.release(session, job.user_id, job.price, job_id=job.id, memo="Released: the job failed")
+        done = _updated(
+            session,
+            update(Job)
+            .where(*where)
+            .values(status=status, error=reason[:2000], finished_at=utcnow(), lease_expires_at=None),
+        )
+        if done:
+            job = session.get_one(Job, job_id)
+            memo = "Released: cancelled" if status == JobStatus.CANCELLED else "Released: the job failed"
+            ledger.release(session, job.user_id, job.price, job_id=job.id, memo=memo)
+        return bool(done)
 
 
 def _updated(session: Session, statement: Update) -> int:

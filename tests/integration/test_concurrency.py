@@ -61,7 +61,8 @@ def test_simultaneous_submits_spend_each_credit_once(any_db_settings):
     assert price >= 2
     k = 17
     start = k * price + price - 1  # k submits fit, a (k+1)th would not
-    settings = any_db_settings.model_copy(update={"signup_grant_credits": start})
+    # money is the limit here, not the per-user cap on active jobs
+    settings = any_db_settings.model_copy(update={"signup_grant_credits": start, "max_active_jobs_per_user": 0})
     app = create_app(settings)
     owner = Browserless(app)
     owner.sign_up("racer@example.com")

@@ -15,8 +15,8 @@ from collections.abc import Iterator
 import pytest
 
 from app.config import REPO_ROOT
-from tests.support import settings_env, wait_for_job
 from tests.processes import Output, alive, descendants, free_port, session_members
+from tests.support import settings_env, wait_for_job
 
 pytestmark = pytest.mark.worker
 

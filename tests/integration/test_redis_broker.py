@@ -15,9 +15,9 @@ from app.db import transaction
 from app.gallery.models import Image
 from app.generation.catalog import get_catalog
 from app.queue import VISIBILITY_TIMEOUT_S, configure
-from tests.support import make_settings, migrated, wait_for_job
 from tests.pg import POSTGRES_URL_ENV
 from tests.redis_broker import redis_url  # noqa: F401  (the fixture)
+from tests.support import make_settings, migrated, wait_for_job
 
 
 @pytest.fixture

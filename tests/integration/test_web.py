@@ -278,7 +278,7 @@ def test_the_app_refuses_an_unmigrated_database(tmp_path, tiny_model_path):
         create_app(make_settings(tmp_path / "fresh", tiny_model_path))
 
 
-# ---- a worker that dies must not keep the user's credits ---------------------------------
+# ---- a worker that dies must not keep the user's credits: the janitor's job ----------------
 
 
 def _age_job(settings, job_id: str, **seconds_ago) -> None:
@@ -293,34 +293,40 @@ def _age_job(settings, job_id: str, **seconds_ago) -> None:
         session.execute(update(Job).where(Job.id == job_id).values(**values))
 
 
-def test_a_job_whose_worker_died_fails_and_is_refunded_when_its_owner_looks(user_client, settings):
+def test_a_job_whose_worker_died_every_time_fails_and_is_refunded_with_nobody_looking(user_client, settings):
+    from app.generation import janitor
+
     job = user_client.api_post("/api/v1/generations", {"prompt": "a cat", "steps": 50}).json()
     claimed = service.claim(settings, job["id"])
     assert balance_of(settings, "ada@example.com") == 200 - job["price"]
-    _age_job(settings, job["id"], heartbeat_at=settings.job_stale_after_s + 5)
+    for attempt in range(1, settings.job_max_attempts + 1):
+        _age_job(settings, job["id"], lease_expires_at=1)  # the worker died: nothing renews the lease
+        report = janitor.sweep(settings)
+        if attempt < settings.job_max_attempts:
+            assert report.requeued == 1 and report.sent == 1
+            assert service.claim(settings, job["id"]).attempts == attempt + 1  # the next worker takes it
+    assert report.failed == 1
 
     card = user_client.get(f"/jobs/{job['id']}/card").text
-    assert "stopped responding" in card and "No credits were charged" in card
+    assert "stopped 3 times" in card and "No credits were charged" in card
     assert balance_of(settings, "ada@example.com") == 200
-    # the worker wakes up and finishes: nothing is recorded, nothing charged
+    # the first worker wakes up and finishes: nothing is recorded, nothing charged
     made = service.StoredImage(key="images/x/y/0.png", thumb_key=None, index=0, seed=1, width=64, height=64)
     assert service.succeed(settings, claimed, [made]) is False
     assert user_client.get(f"/api/v1/generations/{job['id']}").json()["images"] == []
     assert balance_of(settings, "ada@example.com") == 200
 
 
-def test_stale_jobs_are_reaped_in_bulk(user_client, settings):
-    queued = user_client.api_post("/api/v1/generations", {"prompt": "never picked up"}).json()
-    running = user_client.api_post("/api/v1/generations", {"prompt": "worker died"}).json()
-    fresh = user_client.api_post("/api/v1/generations", {"prompt": "still fine"}).json()
-    service.claim(settings, running["id"])
-    _age_job(settings, queued["id"], created_at=settings.job_queue_timeout_s + 5)
-    _age_job(settings, running["id"], heartbeat_at=settings.job_stale_after_s + 5)
+def test_the_janitor_fails_queued_jobs_no_worker_took_in_time(user_client, settings):
+    from app.generation import janitor
 
-    assert service.reap_stale_jobs(settings) == 2
-    statuses = {
-        j: user_client.get(f"/api/v1/generations/{j}").json()["status"]
-        for j in (queued["id"], running["id"], fresh["id"])
-    }
-    assert statuses == {queued["id"]: "failed", running["id"]: "failed", fresh["id"]: "queued"}
+    queued = user_client.api_post("/api/v1/generations", {"prompt": "never picked up"}).json()
+    fresh = user_client.api_post("/api/v1/generations", {"prompt": "still fine"}).json()
+    waited = settings.job_queue_timeout_s + 5
+    _age_job(settings, queued["id"], created_at=waited, sent_at=waited)
+
+    assert janitor.sweep(settings).timed_out == 1
+    statuses = {j: user_client.get(f"/api/v1/generations/{j}").json() for j in (queued["id"], fresh["id"])}
+    assert statuses[queued["id"]]["status"] == "failed" and "No worker picked" in statuses[queued["id"]]["error"]
+    assert statuses[fresh["id"]]["status"] == "queued"
     assert balance_of(settings, "ada@example.com") == 200 - fresh["price"]

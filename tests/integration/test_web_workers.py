@@ -9,8 +9,8 @@ import sys
 import urllib.request
 
 from app.config import REPO_ROOT
-from tests.support import settings_env
 from tests.processes import Output, alive, descendants, free_port, session_members
+from tests.support import settings_env
 
 
 def test_gouache_web_with_two_workers_serves_from_two_processes(settings, tmp_path):
