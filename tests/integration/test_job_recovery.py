@@ -32,7 +32,7 @@ from app.gallery.models import Image
 from app.generation import janitor, schemas, service
 from app.generation.models import Job
 from app.storage import preview_key
-from tests.conftest import Browserless, make_settings, migrated, run_threads, settings_env, wait_for_job
+from tests.support import Browserless, make_settings, migrated, run_threads, settings_env, wait_for_job
 
 LEASE_S = 3  # a killed worker's job is requeued within a few seconds
 
