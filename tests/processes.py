@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import queue
 import re
+import select
 import socket
 import subprocess
 import threading
@@ -96,6 +97,30 @@ def session_members(sid: int) -> set[int]:
     """Every live process in session ``sid`` (a process started with start_new_session
     leads a session that all it starts inherits, whatever their process groups)."""
     return {p for p in _all_pids() if (s := _stat(p)) and s[1] == sid}
+
+
+def session_left(sid: int, timeout: float = 5.0) -> dict[int, str]:
+    """The members of session ``sid`` still alive after waiting up to ``timeout`` seconds for
+    each to exit (a pidfd becomes readable when its process ends), with their command lines.
+    A helper such as multiprocessing's resource tracker ends just after its parent: waited for,
+    not reported."""
+    deadline = time.monotonic() + timeout
+    for pid in session_members(sid):
+        try:
+            fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            continue
+        try:
+            select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        finally:
+            os.close(fd)
+    left = {}
+    for pid in session_members(sid):
+        try:
+            left[pid] = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode().strip()
+        except OSError:
+            continue
+    return left
 
 
 def alive(pid: int) -> bool:

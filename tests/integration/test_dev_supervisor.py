@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.config import REPO_ROOT
-from tests.processes import Output, alive, descendants, free_port, session_members
+from tests.processes import Output, alive, descendants, free_port, session_left, session_members
 from tests.support import settings_env, wait_for_job
 
 pytestmark = pytest.mark.worker
@@ -33,7 +33,7 @@ class Dev:
 
 
 @pytest.fixture
-def dev(settings, tmp_path) -> Iterator[Dev]:
+def dev(settings, tiny_model, tmp_path) -> Iterator[Dev]:  # the worker loads the tiny model
     port = free_port()
     proc = subprocess.Popen(
         [sys.executable, "-m", "workers.cli", "dev", "--port", str(port)],
@@ -65,7 +65,7 @@ def test_sigterm_to_gouache_dev_leaves_no_process_behind(dev):
 
     assert code == 0
     assert [pid for pid in tree if alive(pid)] == []
-    assert session_members(dev.proc.pid) == set()  # nothing it started, whatever its process group
+    assert session_left(dev.proc.pid) == {}  # nothing it started, whatever its process group
     assert took < 10, dev.out.text
 
 
@@ -88,4 +88,4 @@ def test_a_worker_killed_with_kill_9_is_restarted_and_the_next_job_completes(dev
 
     dev.proc.send_signal(signal.SIGTERM)
     assert dev.proc.wait(timeout=30) == 0
-    assert session_members(dev.proc.pid) == set()
+    assert session_left(dev.proc.pid) == {}

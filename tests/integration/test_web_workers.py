@@ -9,7 +9,7 @@ import sys
 import urllib.request
 
 from app.config import REPO_ROOT
-from tests.processes import Output, alive, descendants, free_port, session_members
+from tests.processes import Output, alive, descendants, free_port, session_left
 from tests.support import settings_env
 
 
@@ -36,7 +36,7 @@ def test_gouache_web_with_two_workers_serves_from_two_processes(settings, tmp_pa
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
         assert [pid for pid in servers if alive(pid)] == []
-        assert session_members(proc.pid) == set()
+        assert session_left(proc.pid) == {}
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -16,7 +16,7 @@ import pytest
 
 from app.config import REPO_ROOT
 from app.ops.supervisor import backoff_s
-from tests.processes import Output, alive, descendants, session_members
+from tests.processes import Output, alive, descendants, session_left, session_members
 
 SLEEPER = "import time; time.sleep(600)"
 # Ignores SIGTERM, and starts a grandchild (in its own process group) that does too.
@@ -93,7 +93,7 @@ def test_a_signal_stops_every_process_it_started_even_ones_that_ignore_sigterm(t
     took = time.monotonic() - started
 
     assert [pid for pid in tree if alive(pid)] == []
-    assert session_members(proc.pid) == set()
+    assert session_left(proc.pid) == {}
     assert took < 3 + 2, out.text  # the allowance this supervisor was given (3 s), and some slack
     out.wait_for(r"stubborn \(pid \d+\) did not stop in time: killing it")
     out.wait_for(r"sleeper \(pid \d+\) stopped with code -15")
@@ -111,7 +111,7 @@ def test_a_process_that_exits_is_restarted_with_a_growing_pause_each_time_logged
 
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 0
-    assert session_members(proc.pid) == set()
+    assert session_left(proc.pid) == {}
 
 
 def test_a_process_that_fails_before_it_was_ever_ready_stops_everything(tmp_path, cleanup):
@@ -120,7 +120,7 @@ def test_a_process_that_fails_before_it_was_ever_ready_stops_everything(tmp_path
     assert proc.wait(timeout=30) == 1
     out.wait_for(r"broken \(pid \d+\) exited with code 3 before it was ready; stopping")
     assert "ALL READY" not in out.text
-    assert session_members(proc.pid) == set()
+    assert session_left(proc.pid) == {}
 
 
 def test_a_supervised_thread_that_fails_is_restarted_and_its_error_logged(tmp_path, cleanup):
