@@ -238,8 +238,13 @@ def apply_monthly_refill(settings: Settings, user_id: int) -> int:
         return 0
     period = utcnow().strftime("%Y-%m")
     key = f"refill:{user_id}:{period}"
-    with transaction(settings) as session:
+    # Every page and API call asks; once this month's refill is given the answer is a read,
+    # which on SQLite takes no write lock (a write transaction would queue behind the worker).
+    with reading(settings) as session:
         if ledger.has_entry(session, key):
+            return 0
+    with transaction(settings) as session:
+        if ledger.has_entry(session, key):  # given meanwhile by a concurrent request
             return 0
         return ledger.top_up_to(
             session,
@@ -252,7 +257,7 @@ def apply_monthly_refill(settings: Settings, user_id: int) -> int:
 
 
 def balance(settings: Settings, user_id: int) -> int:
-    with transaction(settings) as session:
+    with reading(settings) as session:
         return ledger.balance(session, user_id)
 
 
