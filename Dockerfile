@@ -25,6 +25,7 @@ COPY migrations ./migrations
 COPY templates ./templates
 COPY static ./static
 COPY --from=assets /src/node_modules/htmx.org/dist/htmx.min.js ./static/vendor/htmx.min.js
+COPY --from=assets /src/node_modules/swagger-ui-dist/swagger-ui-bundle.js /src/node_modules/swagger-ui-dist/swagger-ui.css ./static/vendor/swagger-ui/
 USER gouache
 VOLUME /data
 EXPOSE 8000
@@ -40,6 +41,7 @@ COPY templates ./templates
 COPY static ./static
 COPY models ./models
 COPY --from=assets /src/node_modules/htmx.org/dist/htmx.min.js ./static/vendor/htmx.min.js
+COPY --from=assets /src/node_modules/swagger-ui-dist/swagger-ui-bundle.js /src/node_modules/swagger-ui-dist/swagger-ui.css ./static/vendor/swagger-ui/
 USER gouache
 VOLUME /data
 EXPOSE 8000
