@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import atexit
 import functools
+import json
 import os
 import select
 import shutil
@@ -86,25 +87,27 @@ def _migrated_sqlite_database() -> Path:
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
-    """The environment that gives another process (a worker, uvicorn) these settings."""
+    """The environment that gives another process (a worker, uvicorn, the CLI) these settings:
+    where things are, and every setting the test chose (leases, S3, limits ...), each as the
+    ``GOUACHE_*`` variable an operator would set."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GOUACHE_")}
-    env.update(
-        GOUACHE_DATA_DIR=str(settings.data_dir),
-        GOUACHE_DATABASE_URL=settings.database_url,
-        GOUACHE_BROKER_URL=settings.broker_url,
-        GOUACHE_STORAGE=settings.storage,
-        GOUACHE_STORAGE_DIR=str(settings.storage_dir),
-        GOUACHE_MODEL=settings.model,
-        GOUACHE_MODEL_NAME=settings.model_name,
-        GOUACHE_MODEL_DEFAULT_SIZE=str(settings.model_default_size),
-        GOUACHE_MODEL_MAX_SIZE=str(settings.model_max_size),
-        GOUACHE_MODEL_DEFAULT_STEPS=str(settings.model_default_steps),
-        GOUACHE_SIGNUP_GRANT_CREDITS=str(settings.signup_grant_credits),
-        GOUACHE_DEVICE="cpu",
-        PYTHONUNBUFFERED="1",
+    chosen = settings.model_dump(mode="json", include=settings.model_fields_set)
+    chosen.update(
+        data_dir=str(settings.data_dir),
+        database_url=settings.database_url,
+        broker_url=settings.broker_url,
+        storage_dir=str(settings.storage_dir),
+        device="cpu",
     )
-    if settings.model_catalog is not None:
-        env["GOUACHE_MODEL_CATALOG"] = str(settings.model_catalog)
+    for name, value in chosen.items():
+        if value is None:
+            continue
+        if isinstance(value, bool):
+            value = "true" if value else "false"
+        elif isinstance(value, (list, dict)):
+            value = json.dumps(value)
+        env[f"GOUACHE_{name.upper()}"] = str(value)
+    env["PYTHONUNBUFFERED"] = "1"
     return env
 
 

@@ -105,7 +105,11 @@ class AttemptWriter:
         key = None
         if preview is not None and not self._stop.is_set():
             key = preview_key(self.user_id, self.job_id)
-            self.storage.put(key, preview(), "image/jpeg")
+            try:
+                self.storage.put(key, preview(), "image/jpeg")
+            except Exception:  # no preview this time; the lease must still be renewed
+                log.warning("job %s: could not store the preview", self.job_id, exc_info=True)
+                key = None
         # A pipeline that has not moved for this long is stuck: let the lease run out, so
         # the janitor gives the job to another worker.
         stuck = time.monotonic() - self._moved_at > self.settings.job_stale_after_s

@@ -78,6 +78,9 @@ def generate(job_id: str) -> None:
     except JobLost:
         lost = True
         log.warning("job %s: attempt %d lost its lease; stopping (the janitor gave the job on)", job_id, attempt)
+    except StorageFailed as exc:
+        log.error("job %s: %s", job_id, exc.__cause__ or exc)
+        service.fail(settings, job_id, str(exc), attempt)
     except Exception as exc:
         log.exception("job %s failed", job_id)
         service.fail(settings, job_id, f"Generation failed: {type(exc).__name__}: {exc}", attempt)
@@ -91,16 +94,32 @@ def generate(job_id: str) -> None:
                 log.warning("could not delete the preview of job %s", job_id, exc_info=True)
 
 
+class StorageFailed(Exception):
+    """The object store refused or did not answer while the images were being stored.
+    Its message is what the job's owner reads."""
+
+
 def record(settings: Settings, job: Job, made: Made, writer: AttemptWriter | None = None) -> None:
     """Store the images (PNG with their parameters, and a thumbnail), then record them
-    and capture the charge, if this attempt still holds the job."""
+    and capture the charge, if this attempt still holds the job. Nothing is listed before
+    every image is stored; if the store fails part way, what was stored is removed again
+    and :class:`StorageFailed` is raised (the job fails and its hold is released)."""
     storage = get_storage(settings)
-    stored = []
+    stored: list[service.StoredImage] = []
     for index, (image, seed) in enumerate(made):
         if writer is not None:
             writer.check()  # lost meanwhile: another attempt writes these keys
         key = image_key(job.user_id, job.id, index)
-        storage.put(key, metadata.png_bytes(image, parameters(settings, job, seed)), "image/png")
+        png = metadata.png_bytes(image, parameters(settings, job, seed))
+        try:
+            storage.put(key, png, "image/png")
+        except Exception as exc:
+            if writer is None or writer.held:  # these keys are still this attempt's own
+                _remove(storage, job, [*stored, service.StoredImage(key, None, index, seed, 0, 0)])
+            raise StorageFailed(
+                "The images were made but could not be saved (the image store did not answer). "
+                "Nothing was charged; please try again."
+            ) from exc
         thumb_key = store_thumbnail(storage, job, index, image)
         stored.append(service.StoredImage(key, thumb_key, index, seed, image.width, image.height))
     if service.succeed(settings, job, stored):
@@ -112,10 +131,19 @@ def record(settings: Settings, job: Job, made: Made, writer: AttemptWriter | Non
         log.warning("job %s: attempt %d lost the job before recording; keeping the images", job.id, job.attempts)
         return
     log.warning("job %s was %s meanwhile; discarding its images", job.id, status)
+    _remove(storage, job, stored)
+
+
+def _remove(storage: Storage, job: Job, stored: list[service.StoredImage]) -> None:
+    """Delete images this attempt stored but will not list (best effort: the store may be
+    the thing that failed)."""
     for image_ in stored:
-        storage.delete(image_.key)
-        if image_.thumb_key:
-            storage.delete(image_.thumb_key)
+        for key in (image_.key, image_.thumb_key):
+            if key:
+                try:
+                    storage.delete(key)
+                except Exception:
+                    log.warning("job %s: could not remove %s", job.id, key, exc_info=True)
 
 
 def model_of(settings: Settings, job: Job) -> ModelSpec:

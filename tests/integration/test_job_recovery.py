@@ -17,9 +17,11 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import boto3
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import select
@@ -31,7 +33,8 @@ from app.db import transaction, utcnow
 from app.gallery.models import Image
 from app.generation import janitor, schemas, service
 from app.generation.models import Job
-from app.storage import preview_key
+from app.storage import get_storage, preview_key
+from tests.redis_broker import redis_url  # noqa: F401  (the fixture)
 from tests.support import Browserless, make_settings, migrated, run_threads, settings_env, wait_for_job
 
 LEASE_S = 3  # a killed worker's job is requeued within a few seconds
@@ -102,11 +105,42 @@ def leased(tmp_path, tiny_model) -> Settings:
     return migrated(make_settings(tmp_path / "data", tiny_model, job_lease_s=LEASE_S))
 
 
+@pytest.fixture(params=["embedded", "scale-out"])
+def backend(request, tmp_path, tiny_model) -> Settings:
+    """The embedded default, and scale-out: PostgreSQL, Redis and S3 (moto's server), each a
+    real server, with a queue name of the test's own on the shared Redis."""
+    if request.param == "embedded":
+        return request.getfixturevalue("leased")
+    return migrated(
+        make_settings(
+            tmp_path / "data",
+            tiny_model,
+            job_lease_s=LEASE_S,
+            database_url=request.getfixturevalue("pg_url"),
+            broker_url=request.getfixturevalue("redis_url"),
+            queue=f"generate-{uuid.uuid4().hex[:8]}",
+            storage="s3",
+            s3_endpoint_url=request.getfixturevalue("s3_endpoint"),
+            s3_bucket=request.getfixturevalue("bucket"),
+        )
+    )
+
+
+def stored_keys(settings: Settings, prefix: str) -> list[str]:
+    """The keys under ``prefix`` in the settings' object store, listed the store's own way."""
+    if settings.storage == "s3":
+        client = boto3.client("s3", endpoint_url=settings.s3_endpoint_url, region_name=settings.s3_region)
+        listed = client.list_objects_v2(Bucket=settings.s3_bucket, Prefix=prefix)
+        return sorted(item["Key"] for item in listed.get("Contents", []))
+    root = settings.storage_dir
+    return sorted(str(p.relative_to(root)) for p in (root / prefix).rglob("*") if p.is_file()) if root else []
+
+
 @pytest.fixture
-def janitor_running(leased) -> Iterator[None]:
+def janitor_running(backend) -> Iterator[None]:
     """The janitor's loop, as ``gouache janitor`` (or ``gouache dev``) runs it."""
     stop = threading.Event()
-    thread = threading.Thread(target=janitor.run, args=(leased, stop, 0.2), daemon=True)
+    thread = threading.Thread(target=janitor.run, args=(backend, stop, 0.2), daemon=True)
     thread.start()
     yield
     stop.set()
@@ -124,8 +158,8 @@ def ledger_kinds(settings: Settings, job_id: str) -> list[str]:
 
 
 @pytest.mark.worker
-def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(leased, make_client, workers, janitor_running):
-    settings = leased
+def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(backend, make_client, workers, janitor_running):
+    settings = backend
     first, second = workers(settings), workers(settings)
     first.wait_ready()
     second.wait_ready()
@@ -146,7 +180,7 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(leased, m
     restarted = (row.started_at - killed_wall).total_seconds()
     print(
         f"\nkill -9 → done: {time.monotonic() - killed_at:.1f} s; kill → attempt 2 running: {restarted:.1f} s "
-        f"(lease {LEASE_S} s; the rest is the 100 steps run again)"
+        f"(lease {LEASE_S} s; the rest is the 100 steps run again) on {settings.storage}, {settings.broker_url[:5]}"
     )
     assert done["status"] == "succeeded", done["error"]
     assert f"job {job['id']}: attempt 2" in other.log()
@@ -155,15 +189,14 @@ def test_a_worker_killed_mid_job_is_replaced_and_the_job_finishes_once(leased, m
         images = session.scalars(select(Image).where(Image.job_id == job["id"])).all()
     assert len(images) == 1 == len(done["images"])  # one set of images
     assert ledger_kinds(settings, job["id"]) == [ledger.CAPTURE, ledger.HOLD]  # one capture, no release
-    objects = settings.storage_dir
-    assert not (objects / preview_key(row.user_id, job["id"])).exists()  # no orphan preview
-    stored = sorted(p.name for p in (objects / "images" / str(row.user_id) / job["id"]).iterdir())
-    assert stored == ["0.png", "0.thumb.webp"]
+    assert not get_storage(settings).exists(preview_key(row.user_id, job["id"]))  # no orphan preview
+    prefix = f"images/{row.user_id}/{job['id']}/"
+    assert stored_keys(settings, prefix) == [prefix + "0.png", prefix + "0.thumb.webp"]
 
 
 @pytest.mark.worker
-def test_a_job_whose_web_process_died_before_sending_runs(leased, make_client, workers, janitor_running, monkeypatch):
-    settings = leased
+def test_a_job_whose_web_process_died_before_sending_runs(backend, make_client, workers, janitor_running, monkeypatch):
+    settings = backend
     worker = workers(settings)
     c = make_client(settings)
     c.sign_up("ada@example.com")
