@@ -9,7 +9,9 @@ everything it started when asked.
 - SIGTERM or SIGINT stops every child within ``stop_within_s`` (10 s): SIGTERM first,
   SIGKILL to whatever is left. Each child runs in its own process group, so a Ctrl-C in
   the terminal reaches the supervisor alone (which then stops the children in order), and
-  the group is killed too, so a child's own children never outlive it.
+  the group is killed too, so a child's own children never outlive it. A supervisor
+  killed with -9 cannot do that: its children have a parent-death signal (Linux), so
+  the kernel sends them SIGTERM.
 - Readiness: the web answers an HTTP probe; a Celery worker writes the file named by
   ``GOUACHE_WORKER_READY_FILE`` when Celery's ``worker_ready`` signal fires
   (``workers/readiness.py``).
@@ -183,8 +185,9 @@ class Supervisor:
             p.ready_path = self._dir / f"{p.name}-{p.restarts}.ready"
             env[READY_FILE_ENV] = str(p.ready_path)
         # Its own process group: Ctrl-C reaches the supervisor alone, and the whole
-        # group (the child's own children included) can be stopped at once.
-        p.proc = subprocess.Popen(p.argv, env=env, process_group=0)
+        # group (the child's own children included) can be stopped at once. And a parent-
+        # death signal: a supervisor killed with -9 cannot stop its children, the kernel does.
+        p.proc = subprocess.Popen(p.argv, env=env, process_group=0, preexec_fn=_die_with_parent(os.getpid()))
         p.started_at = time.monotonic()
         p.ready = False
         self.log(f"started {p.name} (pid {p.proc.pid})")
@@ -293,6 +296,28 @@ class Supervisor:
                 t.thread.join(timeout=max(0.0, deadline - time.monotonic()))
                 if t.thread.is_alive():
                     self.log(f"{t.name} did not stop in time (a daemon thread: it ends with this process)")
+
+
+def _die_with_parent(parent: int) -> Callable[[], None] | None:
+    """What a child runs between fork and exec so that it gets SIGTERM when the supervisor
+    dies, however it dies (Linux's PR_SET_PDEATHSIG); None where there is no such thing.
+    Everything it needs is looked up here, before the fork: only a system call runs after."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return None
+    pr_set_pdeathsig, sigterm, getppid, exit_now = 1, int(signal.SIGTERM), os.getppid, os._exit
+
+    def set_parent_death_signal() -> None:
+        prctl(pr_set_pdeathsig, sigterm, 0, 0, 0)
+        if getppid() != parent:  # the supervisor died before the signal was armed
+            exit_now(1)
+
+    return set_parent_death_signal
 
 
 def _exited(proc: subprocess.Popen) -> bool:

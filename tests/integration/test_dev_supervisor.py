@@ -69,6 +69,19 @@ def test_sigterm_to_gouache_dev_leaves_no_process_behind(dev):
     assert took < 10, dev.out.text
 
 
+def test_kill_9_to_gouache_dev_takes_its_children_with_it(dev):
+    """Nothing can clean up after SIGKILL but the kernel: the children's parent-death signal."""
+    dev.running()
+    tree = descendants(dev.proc.pid)
+    assert {dev.pid_of("web"), dev.pid_of("worker")} <= tree
+    started = time.monotonic()
+    dev.proc.send_signal(signal.SIGKILL)
+    dev.proc.wait(timeout=10)
+    left = session_left(dev.proc.pid, timeout=20)
+    print(f"gouache dev killed with -9: its children gone {time.monotonic() - started:.1f} s later")
+    assert left == {}, left
+
+
 def test_a_worker_killed_with_kill_9_is_restarted_and_the_next_job_completes(dev, user_client):
     dev.running()
     worker = dev.pid_of("worker")
