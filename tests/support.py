@@ -105,6 +105,8 @@ def settings_env(settings: Settings) -> dict[str, str]:
     )
     if settings.model_catalog is not None:
         env["GOUACHE_MODEL_CATALOG"] = str(settings.model_catalog)
+    if settings.test_checkout:
+        env["GOUACHE_TEST_CHECKOUT"] = "true"
     return env
 
 
