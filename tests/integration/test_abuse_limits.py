@@ -217,7 +217,7 @@ def test_without_stripe_keys_or_the_test_checkout_nothing_can_be_bought(tmp_path
     page = browser.get("/billing")
     assert page.status_code == 200 and "Purchases are not configured" in page.text
     assert "test mode" not in page.text and "Buy ·" not in page.text
-    assert page.text.count("not available</button>") == len(settings.credit_packs)
+    assert page.text.count(">Not available</button>") == len(settings.credit_packs)
     refused = browser.form("/billing/checkout", {"pack": "starter"})
     assert refused.status_code == 403 and "Purchases are not configured on this server" in refused.text
     assert browser.get(left_over).status_code == 404
