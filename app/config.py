@@ -145,7 +145,7 @@ class Settings(BaseSettings):
     # Where the throttles count: empty = the database (shared by every web process),
     # "memory://" (this process only), or "redis://host:port/db" (limits' Redis storage).
     rate_limit_storage_url: str = ""
-    # Password hashing (argon2id, ~50 ms of a core and 64 MiB each): at most this many at
+    # Password hashing (argon2id: 64 MiB and ~0.15 s of CPU each): at most this many at
     # once per web process, and this many more waiting for a turn; beyond that a login or
     # sign-up is answered 503 at once instead of tying up a thread.
     password_hash_concurrency: int = Field(default=2, ge=1)
