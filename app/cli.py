@@ -7,12 +7,13 @@ workers/, so a web-only install (no torch) has every command here.
 
 from __future__ import annotations
 
+import os
 import sys
 import uuid
 
 import typer
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.generation.catalog import CatalogError, get_catalog
 
 HELP = "Gouache: a self-hostable image-generation studio."
@@ -185,6 +186,15 @@ def _dev_log(message: str) -> None:
     typer.secho(f"gouache dev: {message}", fg="cyan", err=True)
 
 
+def dev_web_env(settings: Settings) -> dict[str, str]:
+    """The environment of the web process `gouache dev` starts: the local test checkout is
+    on (a development server sells test credits) unless GOUACHE_TEST_CHECKOUT says otherwise."""
+    env = dict(os.environ)
+    if "test_checkout" not in settings.model_fields_set:
+        env["GOUACHE_TEST_CHECKOUT"] = "true"
+    return env
+
+
 @cli.command()
 def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for the web app.")) -> None:
     """Migrate, then run the web app, one worker and the janitor together (the embedded
@@ -202,6 +212,7 @@ def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for t
     supervisor.process(
         "web",
         [sys.executable, *web_argv, "--timeout-graceful-shutdown", "5"],
+        env=dev_web_env(settings),
         ready=http_ok(f"{_local_url(host, port)}/healthz"),
     )
     celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]

@@ -12,7 +12,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, FilePath, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -130,6 +130,33 @@ class Settings(BaseSettings):
     # how often it sweeps, and how long a finished job's uploaded inputs are kept.
     janitor_interval_s: float = Field(default=5.0, gt=0)
     input_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
+
+    # ---- Abuse limits (issue 13): throttles, password-hashing work, test checkout, prompt blocklist ----
+    # Failed logins, counted per account and per client address in a moving window; one more
+    # is refused (HTTP 429 with Retry-After) before any password is checked, the right one
+    # included. 0: no limit. Many people can share an address (an office, a phone network),
+    # so the per-address limit is the looser one.
+    login_failures_per_account: int = Field(default=5, ge=0)
+    login_failures_per_ip: int = Field(default=20, ge=0)
+    login_throttle_window_s: int = Field(default=15 * 60, ge=1)
+    # Accounts made from one client address (0: no limit).
+    signups_per_ip: int = Field(default=5, ge=0)
+    signup_throttle_window_s: int = Field(default=3600, ge=1)
+    # Where the throttles count: empty = the database (shared by every web process),
+    # "memory://" (this process only), or "redis://host:port/db" (limits' Redis storage).
+    rate_limit_storage_url: str = ""
+    # Password hashing (argon2id: 64 MiB and ~0.15 s of CPU each): at most this many at
+    # once per web process, and this many more waiting for a turn; beyond that a login or
+    # sign-up is answered 503 at once instead of tying up a thread.
+    password_hash_concurrency: int = Field(default=2, ge=1)
+    password_hash_queue: int = Field(default=16, ge=0)
+    # The local test checkout (purchases without money, when no Stripe key is set): only
+    # where the operator asked for it. `gouache dev` turns it on.
+    test_checkout: bool = False
+    # Prompts refused by the content policy: words or phrases, matched case-insensitively
+    # as whole words (comma-separated here, and/or one per line in the file).
+    prompt_blocklist: str = ""
+    prompt_blocklist_file: FilePath | None = None
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

@@ -10,6 +10,7 @@ from starlette.concurrency import run_in_threadpool
 
 from app import migrate
 from app.accounts.routes import router as accounts_router
+from app.accounts.throttle import Throttle
 from app.config import REPO_ROOT, Settings, get_settings
 from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
@@ -39,6 +40,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
 
     app = FastAPI(title="Gouache", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
     app.state.settings = settings
+    app.state.throttle = Throttle(settings)  # failed logins, sign-ups, password-hashing turns
 
     @app.middleware("http")
     async def csrf_cookie_and_headers(request: Request, call_next):
@@ -53,6 +55,12 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
 
     @app.exception_handler(UserError)
     async def user_error(request: Request, exc: UserError):
+        response = await _user_error(request, exc)
+        if retry_after := getattr(exc, "retry_after", None):  # throttles (429) and a busy server (503)
+            response.headers["Retry-After"] = str(retry_after)
+        return response
+
+    async def _user_error(request: Request, exc: UserError):
         if _wants_json(request):
             return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status_code)
         if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):

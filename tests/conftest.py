@@ -9,7 +9,6 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from argon2 import PasswordHasher
 
 from app.config import Settings
 from tests.support import Browserless, Worker, make_settings, migrated
@@ -38,9 +37,10 @@ def cheap_password_hashes() -> Iterator[None]:
     """argon2id at its smallest cost: a production-cost hash takes about 0.35 s, and tests make
     hundreds. Processes the tests start (uvicorn, workers) keep the production cost."""
     from app.accounts import service
+    from app.accounts.throttle import GatedHasher
 
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(service, "_hasher", PasswordHasher(time_cost=1, memory_cost=1024, parallelism=1))
+        mp.setattr(service, "_hasher", GatedHasher(time_cost=1, memory_cost=1024, parallelism=1))
         yield
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -31,3 +31,18 @@ class LoginSession(Base):
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[datetime]
+
+
+class RateLimitHit(Base):
+    """One counted event of a throttle (a failed login, a sign-up), for the database storage
+    of the ``limits`` library (app/accounts/throttle.py): a moving window counts a key's rows
+    younger than the window. Rows are deleted once they expire."""
+
+    __tablename__ = "rate_limit_hits"
+    __table_args__ = (Index("ix_rate_limit_hits_key_at", "key", "at"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    # The limit's key; its identifiers (an email, an address) are hashed, so no personal data.
+    key: Mapped[str] = mapped_column(String(255))
+    at: Mapped[float] = mapped_column(Float)  # Unix time of the event
+    expires_at: Mapped[float] = mapped_column(Float, index=True)

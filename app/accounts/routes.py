@@ -4,6 +4,7 @@ from fastapi import APIRouter, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
 from app.accounts import service
+from app.accounts.throttle import client_address
 from app.credits import service as credits
 from app.db import transaction
 from app.errors import UserError
@@ -27,6 +28,15 @@ def _logged_in(request: Request, token: str, to: str = "/") -> RedirectResponse:
     return response
 
 
+def _form_error(request: Request, template: str, error: UserError, email: str):
+    """The form again with the error: 422, or the throttle's 429 / a busy 503 with Retry-After."""
+    status = error.status_code if error.status_code in (429, 503) else 422
+    response = render(request, template, status_code=status, form={"email": email}, error=error)
+    if retry_after := getattr(error, "retry_after", None):
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
 @router.get("/signup")
 def signup_page(request: Request):
     return render(request, "accounts/signup.html", form={}, error=None)
@@ -36,12 +46,14 @@ def signup_page(request: Request):
 def signup(request: Request, email: str = Form(""), password: str = Form("")):
     settings = get_app_settings(request)
     try:
+        service.check_password_strength(password, service.normalize_email(email))  # typos don't count
+        request.app.state.throttle.take_signup(client_address(request))
         with transaction(settings) as session:
             user = service.sign_up(session, email, password)
             credits.grant_signup_credits(session, settings, user.id)
             token = service.start_session(session, settings, user)
     except UserError as e:
-        return render(request, "accounts/signup.html", status_code=422, form={"email": email}, error=e)
+        return _form_error(request, "accounts/signup.html", e, email)
     return _logged_in(request, token)
 
 
@@ -54,11 +66,12 @@ def login_page(request: Request):
 def login(request: Request, email: str = Form(""), password: str = Form("")):
     settings = get_app_settings(request)
     try:
-        with transaction(settings) as session:
-            user = service.authenticate(session, email, password)
-            token = service.start_session(session, settings, user)
+        with request.app.state.throttle.login_attempt(email, client_address(request)):
+            with transaction(settings) as session:
+                user = service.authenticate(session, email, password)
+                token = service.start_session(session, settings, user)
     except UserError as e:
-        return render(request, "accounts/login.html", status_code=422, form={"email": email}, error=e)
+        return _form_error(request, "accounts/login.html", e, email)
     return _logged_in(request, token)
 
 

@@ -6,19 +6,22 @@ import hashlib
 import secrets
 from datetime import timedelta
 
-from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.accounts.models import LoginSession, User
+from app.accounts.throttle import GatedHasher
 from app.config import Settings
 from app.db import utcnow
 from app.errors import UserError
 
-_hasher = PasswordHasher()  # argon2id with the library's current recommended parameters
+# argon2id with the library's current recommended parameters; a bounded number at once per
+# process (app/accounts/throttle.py), so hashing cannot be used to burn the server's CPU
+_hasher = GatedHasher()
 MIN_PASSWORD_LENGTH = 8
+MAX_PASSWORD_LENGTH = 1024  # longer ones are refused before any hashing
 _COMMON_PASSWORDS = frozenset(
     "password password1 password123 12345678 123456789 1234567890 qwertyui qwerty123 "
     "iloveyou abc12345 letmein1 welcome1 11111111 00000000 sunshine princess football "
@@ -38,7 +41,7 @@ def normalize_email(email: str) -> str:
 def check_password_strength(password: str, email: str) -> None:
     if len(password) < MIN_PASSWORD_LENGTH:
         raise UserError(f"Choose a password of at least {MIN_PASSWORD_LENGTH} characters.", field="password")
-    if len(password) > 1024:
+    if len(password) > MAX_PASSWORD_LENGTH:
         raise UserError("That password is too long.", field="password")
     lowered = password.lower()
     if lowered in _COMMON_PASSWORDS or len(set(password)) < 4 or lowered == email.split("@")[0]:
@@ -64,6 +67,8 @@ def sign_up(session: Session, email: str, password: str) -> User:
 
 def authenticate(session: Session, email: str, password: str) -> User:
     wrong = UserError("Wrong email or password.", field="password")
+    if len(password) > MAX_PASSWORD_LENGTH:
+        raise wrong  # no account has one this long: refused without hashing it
     user = session.scalar(select(User).where(User.email == email.strip().lower()))
     if user is None:
         _hasher.hash(password)  # spend the same time as a real check, so timing doesn't reveal accounts

@@ -68,7 +68,14 @@ def billing_page(
             just_paid = service.get_purchase(settings, user.id, paid)
         except NotFound:
             just_paid = None
-    return render(request, "credits/billing.html", history=hist, just_paid=just_paid, canceled=canceled)
+    return render(
+        request,
+        "credits/billing.html",
+        history=hist,
+        just_paid=just_paid,
+        canceled=canceled,
+        checkout=service.checkout_mode(settings),
+    )
 
 
 @router.post("/billing/checkout")
@@ -109,8 +116,7 @@ def checkout_success(request: Request, session_id: str = "", user: CurrentUser =
 @router.get("/billing/test-checkout/{purchase_id}")
 def test_checkout_page(request: Request, purchase_id: str, user: CurrentUser = Depends(require_user)):
     settings = get_app_settings(request)
-    if settings.stripe_enabled:
-        raise NotFound("The test checkout is off: this server takes real payments.")
+    service.check_test_checkout(settings)
     purchase = service.get_purchase(settings, user.id, purchase_id)
     return render(request, "credits/test_checkout.html", purchase=purchase, pack=settings.pack(purchase.pack_id))
 

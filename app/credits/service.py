@@ -29,11 +29,29 @@ class PaymentMismatch(Exception):
     """Stripe says something that does not match our purchase row: never credit it."""
 
 
+class PurchasesNotConfigured(UserError):
+    status_code = 403
+
+    def __init__(self) -> None:
+        super().__init__("Purchases are not configured on this server, so credits cannot be bought here.")
+
+
+def checkout_mode(settings: Settings) -> str | None:
+    """How packs are paid for: "stripe" (keys set), "test" (no keys, and the operator turned
+    the test checkout on: GOUACHE_TEST_CHECKOUT, on under `gouache dev`), or None: no way to
+    buy, so nothing can be minted on a deployment that forgot its keys."""
+    if settings.stripe_enabled:
+        return STRIPE_PROVIDER
+    return TEST_PROVIDER if settings.test_checkout else None
+
+
 # ---- buying -----------------------------------------------------------------------------
 
 
 def start_purchase(settings: Settings, user_id: int, pack_id: str, *, base_url: str) -> tuple[Purchase, str]:
     """Create a pending purchase and where to send the browser to pay for it."""
+    if checkout_mode(settings) is None:
+        raise PurchasesNotConfigured()
     pack = settings.pack(pack_id)
     if pack is None:
         raise UserError("That credit pack does not exist.", field="pack")
@@ -113,14 +131,21 @@ def fulfil_checkout_session(settings: Settings, session_id: str) -> Purchase | N
 
 
 def complete_test_checkout(settings: Settings, user_id: int, purchase_id: str) -> Purchase:
-    """The local test checkout (no Stripe keys): pay without money, through the same fulfilment."""
-    if settings.stripe_enabled:
-        raise NotFound("The test checkout is off: this server takes real payments.")
+    """The local test checkout (no Stripe keys, GOUACHE_TEST_CHECKOUT on): pay without money,
+    through the same fulfilment."""
+    check_test_checkout(settings)
     purchase = get_purchase(settings, user_id, purchase_id)
     if purchase.provider != TEST_PROVIDER:
         raise NotFound("No such test purchase.")
     _fulfil(settings, purchase.id, payment_intent_id=f"test_{purchase.id}")
     return get_purchase(settings, user_id, purchase_id)
+
+
+def check_test_checkout(settings: Settings) -> None:
+    """Refuse (404) unless the test checkout is what this server uses to sell credits."""
+    if checkout_mode(settings) != TEST_PROVIDER:
+        off = "this server takes real payments" if settings.stripe_enabled else "purchases are not configured"
+        raise NotFound(f"The test checkout is off: {off}.")
 
 
 def get_purchase(settings: Settings, user_id: int, purchase_id: str) -> Purchase:

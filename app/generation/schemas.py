@@ -16,7 +16,7 @@ from pydantic import BaseModel
 from app.config import Settings
 from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
 from app.errors import UserError
-from app.generation import prompt_params
+from app.generation import blocklist, prompt_params
 from app.generation.catalog import ModelSpec, get_catalog
 
 MAX_SEED = 2**32 - 1
@@ -222,6 +222,8 @@ def parse_quote(data: Mapping[str, Any], settings: Settings) -> QuoteRequest:
     output's size, which the caller derives from the source image
     (:func:`app.generation.service.output_size`)."""
     data = prompt_params.apply(dict(data))  # "--n 4" in the prompt is priced like the form's 4
+    if isinstance(data.get("prompt"), str):
+        blocklist.check_prompt(data["prompt"], settings)  # refused before anything is priced or held
     model = model_for(data, settings)
     modes = _mode_fields(data)
     width, height = _size(data, model) if modes["mode"] == "txt2img" else (MIN_SIZE, MIN_SIZE)

@@ -53,9 +53,9 @@ def web_server(settings, log_path: Path) -> Iterator[str]:
 
 @pytest.fixture(scope="module")
 def live_server(tmp_path_factory, tiny_model):
-    """uvicorn and a Celery worker as separate processes, like `gouache dev`."""
+    """uvicorn and a Celery worker as separate processes, like `gouache dev` (test checkout on)."""
     tmp = tmp_path_factory.mktemp("live")
-    settings = migrated(make_settings(tmp / "data", tiny_model))
+    settings = migrated(make_settings(tmp / "data", tiny_model, test_checkout=True))
     worker = Worker(settings, tmp / "worker.log")
     with web_server(settings, tmp / "web.log") as url:
         worker.wait_ready()

@@ -32,6 +32,12 @@ STUDIO = dict(credits=5500, amount=5000)
 
 
 @pytest.fixture
+def settings(tmp_path, tiny_model_path):
+    """No Stripe keys, and the test checkout turned on (as `gouache dev` does)."""
+    return migrated(make_settings(tmp_path / "data", tiny_model_path, test_checkout=True))
+
+
+@pytest.fixture
 def fake():
     with FakeStripe() as server:
         yield server
