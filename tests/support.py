@@ -8,8 +8,11 @@ Fixtures live in the conftest files and stay thin; what they do is here.
 from __future__ import annotations
 
 import atexit
+import email
+import email.policy
 import functools
 import os
+import re
 import select
 import shutil
 import sqlite3
@@ -21,6 +24,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -174,10 +178,59 @@ class Browserless:
     def get(self, url: str, **kw):
         return self.http.get(url, **kw)
 
-    def sign_up(self, email: str, password: str = PASSWORD):
+    def sign_up(self, email: str, password: str = PASSWORD, *, confirm: bool = True):
+        """Sign up and, unless ``confirm`` is false, follow the link of the confirmation email
+        (from the outbox) as its owner would: logged in, with the welcome credits."""
         response = self.form("/signup", {"email": email, "password": password})
         assert response.status_code == 303, response.text
+        if confirm:
+            self.confirm_email(email)
         return response
+
+    def confirm_email(self, address: str) -> Any:
+        settings = self.http.app.state.settings
+        confirmed = self.form(link_path(outbox_link(settings.outbox_dir, address, "/email/verify/")), {})
+        assert confirmed.status_code == 303, confirmed.text
+        return confirmed
+
+
+# ---- email: what the outbox folder (or an SMTP server) received ---------------------------------
+
+
+def read_outbox(outbox_dir: Path) -> list[email.message.EmailMessage]:
+    """The messages written to the outbox folder, oldest first (the names start with the time)."""
+    if not outbox_dir.is_dir():
+        return []
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+        for path in sorted(outbox_dir.glob("*.eml"))
+    ]
+
+
+def links_in(message: email.message.EmailMessage) -> list[str]:
+    body = message.get_body(("plain",))
+    return re.findall(r"https?://\S+", body.get_content() if body is not None else "")
+
+
+def outbox_link(outbox_dir: Path, to: str, path: str, timeout: float = 15) -> str:
+    """The newest link whose path starts with ``path`` in a message to ``to`` in the outbox.
+    A server sends after its response, so this waits for the message (up to ``timeout``)."""
+    to = to.strip().lower()
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in reversed(read_outbox(outbox_dir)):
+            if str(message["To"]).lower() == to:
+                found = [link for link in links_in(message) if urlsplit(link).path.startswith(path)]
+                if found:
+                    return found[-1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no email to {to} with a {path} link in {outbox_dir}")
+        time.sleep(0.05)
+
+
+def link_path(link: str) -> str:
+    """The path of an emailed link, to request through a test client on any base URL."""
+    return urlsplit(link).path
 
 
 def wait_for_job(c: Browserless, job_id: str, timeout: float = 180) -> dict:
