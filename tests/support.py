@@ -228,6 +228,79 @@ def outbox_link(outbox_dir: Path, to: str, path: str, timeout: float = 15) -> st
         time.sleep(0.05)
 
 
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd, in its own thread) that keeps what it receives.
+
+    ``users``: accepted logins (AUTH PLAIN/LOGIN, allowed without TLS on loopback); with none,
+    the server offers no AUTH."""
+
+    def __init__(self, users: dict[str, str] | None = None):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[email.message.EmailMessage] = []
+        self.logins: list[str] = []
+        self._arrived = threading.Condition()
+        self._users = users or {}
+        self.port = _free_port()
+        auth = dict(authenticator=self._authenticate, auth_require_tls=False) if users else {}
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **auth)
+
+    def __enter__(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+    def settings(self, **more: Any) -> dict[str, Any]:
+        """The settings that send mail here."""
+        return dict(smtp_host="127.0.0.1", smtp_port=self.port, smtp_tls="none", **more)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's handler hook
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self._arrived:
+            self.messages.append(message)  # type: ignore[arg-type]
+            self._arrived.notify_all()
+        return "250 OK"
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        ok = isinstance(auth_data, LoginPassword) and self._users.get(auth_data.login.decode()) == (
+            auth_data.password.decode()
+        )
+        if ok:
+            self.logins.append(auth_data.login.decode())
+        return AuthResult(success=ok)
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        with self._arrived:
+            return self.to_unlocked(address)
+
+    def wait_for(self, address: str, count: int = 1, timeout: float = 15) -> list[email.message.EmailMessage]:
+        """The messages to ``address`` once there are ``count`` of them."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.to_unlocked(address)) >= count, timeout):
+                raise AssertionError(f"{len(self.to_unlocked(address))} emails to {address}, not {count}")
+            return self.to_unlocked(address)
+
+    def to_unlocked(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m in self.messages if str(m["To"]).lower() == address.lower()]
+
+    def link(self, address: str, path: str, count: int = 1) -> str:
+        """The link starting with ``path`` in the ``count``-th message to ``address``."""
+        message = self.wait_for(address, count)[count - 1]
+        return next(link for link in links_in(message) if urlsplit(link).path.startswith(path))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def link_path(link: str) -> str:
     """The path of an emailed link, to request through a test client on any base URL."""
     return urlsplit(link).path
