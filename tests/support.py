@@ -109,6 +109,13 @@ def settings_env(settings: Settings) -> dict[str, str]:
     )
     if settings.model_catalog is not None:
         env["GOUACHE_MODEL_CATALOG"] = str(settings.model_catalog)
+    if settings.smtp_host:
+        env.update(
+            GOUACHE_SMTP_HOST=settings.smtp_host,
+            GOUACHE_SMTP_PORT=str(settings.smtp_port),
+            GOUACHE_SMTP_TLS=settings.smtp_tls,
+            GOUACHE_EMAIL_LINK_COOLDOWN_S=str(settings.email_link_cooldown_s),
+        )
     return env
 
 
