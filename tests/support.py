@@ -204,6 +204,11 @@ class Browserless:
 # ---- email: what the outbox folder (or an SMTP server) received ---------------------------------
 
 
+# Each web server process a test started, by its URL: its outbox folder (tests/browser/conftest.py
+# fills it; kept here because pytest may import a conftest twice, under two names).
+OUTBOXES: dict[str, Path] = {}
+
+
 def read_outbox(outbox_dir: Path) -> list[email.message.EmailMessage]:
     """The messages written to the outbox folder, oldest first (the names start with the time)."""
     if not outbox_dir.is_dir():

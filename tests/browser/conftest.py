@@ -12,12 +12,10 @@ from pathlib import Path
 import pytest
 
 from app.config import REPO_ROOT
-from tests.support import PASSWORD, Worker, make_settings, migrated, outbox_link, settings_env
+from tests.support import OUTBOXES, PASSWORD, Worker, make_settings, migrated, outbox_link, settings_env
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
-# Each running web server's outbox folder, by its URL: where its confirmation emails land.
-OUTBOXES: dict[str, Path] = {}
 
 
 def _free_port() -> int:
