@@ -51,7 +51,8 @@ class Settings(BaseSettings):
     # idle worker's pick-up delay, for a query per queue each time (kombu's default: 1 s).
     broker_poll_s: float = Field(default=0.05, gt=0, le=10)
 
-    # Web
+    # Web. base_url: where people reach this server (https://studio.example.com), for the
+    # links in emails; empty: the address each request came in on.
     base_url: str = ""
     session_days: int = Field(default=30, ge=1)
 
@@ -157,6 +158,24 @@ class Settings(BaseSettings):
     # as whole words (comma-separated here, and/or one per line in the file).
     prompt_blocklist: str = ""
     prompt_blocklist_file: FilePath | None = None
+    # Email and the account lifecycle (app/mail, app/accounts). Links in emails start with
+    # base_url (above; empty: the address the request came in on). With no SMTP host (the
+    # embedded default) each message is written to the outbox folder as an .eml file and
+    # its link is logged, so a newcomer can click it.
+    smtp_host: str = ""
+    smtp_port: int = Field(default=0, ge=0, le=65535)  # 0: 465 for ssl, 587 for starttls, 25 for none
+    smtp_tls: Literal["none", "starttls", "ssl"] = "starttls"
+    smtp_user: str = ""
+    smtp_password: str = ""
+    smtp_timeout_s: float = Field(default=10.0, gt=0, le=120)
+    mail_from: str = "Gouache <gouache@localhost>"
+    outbox_dir: Path | None = None  # default: <data_dir>/outbox
+    # How long the links in emails work (each works once).
+    email_verify_hours: int = Field(default=48, ge=1)
+    password_reset_minutes: int = Field(default=60, ge=5)
+    # One account gets at most one confirmation or reset email this often (the rest are
+    # answered as sent): the forms can't be used to flood someone's inbox.
+    email_link_cooldown_s: int = Field(default=60, ge=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
@@ -167,6 +186,8 @@ class Settings(BaseSettings):
             self.broker_url = f"sqla+sqlite:///{self.data_dir / 'broker.sqlite'}"
         if self.storage_dir is None:
             self.storage_dir = self.data_dir / "objects"
+        if self.outbox_dir is None:
+            self.outbox_dir = self.data_dir / "outbox"
         return self
 
     @property

@@ -42,3 +42,13 @@ class TooManyJobs(UserError):
     """Fair sharing: the user already has as many jobs queued or running as one may."""
 
     status_code = 429
+
+
+class LinkError(UserError):
+    """A link from an email that does not work (any more): unknown, used, or expired."""
+
+    status_code = 400
+
+    def __init__(self, message: str, *, expired: bool = False):
+        super().__init__(message)
+        self.expired = expired

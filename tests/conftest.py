@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from app.config import Settings
-from tests.support import Browserless, Worker, make_settings, migrated
+from tests.support import Browserless, SmtpSink, Worker, make_settings, migrated
 
 # Tests never reach a model hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -116,6 +116,13 @@ def make_client(settings: Settings) -> Callable[..., Browserless]:
 @pytest.fixture
 def client(make_client) -> Browserless:
     return make_client()
+
+
+@pytest.fixture
+def smtp_server() -> Iterator[SmtpSink]:
+    """A real SMTP server on loopback that keeps what it receives (``.settings()`` points Settings at it)."""
+    with SmtpSink() as sink:
+        yield sink
 
 
 @pytest.fixture

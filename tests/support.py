@@ -8,9 +8,12 @@ Fixtures live in the conftest files and stay thin; what they do is here.
 from __future__ import annotations
 
 import atexit
+import email
+import email.policy
 import functools
 import json
 import os
+import re
 import select
 import shutil
 import sqlite3
@@ -22,6 +25,7 @@ import time
 from contextlib import closing
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import pytest
 
@@ -177,10 +181,137 @@ class Browserless:
     def get(self, url: str, **kw):
         return self.http.get(url, **kw)
 
-    def sign_up(self, email: str, password: str = PASSWORD):
+    def sign_up(self, email: str, password: str = PASSWORD, *, confirm: bool = True):
+        """Sign up and, unless ``confirm`` is false, follow the link of the confirmation email
+        (from the outbox) as its owner would: logged in, with the welcome credits."""
         response = self.form("/signup", {"email": email, "password": password})
         assert response.status_code == 303, response.text
+        if confirm:
+            self.confirm_email(email)
         return response
+
+    def confirm_email(self, address: str) -> Any:
+        settings = self.http.app.state.settings
+        confirmed = self.form(link_path(outbox_link(settings.outbox_dir, address, "/email/verify/")), {})
+        assert confirmed.status_code == 303, confirmed.text
+        return confirmed
+
+
+# ---- email: what the outbox folder (or an SMTP server) received ---------------------------------
+
+
+# Each web server process a test started, by its URL: its outbox folder (tests/browser/conftest.py
+# fills it; kept here because pytest may import a conftest twice, under two names).
+OUTBOXES: dict[str, Path] = {}
+
+
+def read_outbox(outbox_dir: Path) -> list[email.message.EmailMessage]:
+    """The messages written to the outbox folder, oldest first (the names start with the time)."""
+    if not outbox_dir.is_dir():
+        return []
+    return [
+        email.message_from_bytes(path.read_bytes(), policy=email.policy.default)  # type: ignore[misc]
+        for path in sorted(outbox_dir.glob("*.eml"))
+    ]
+
+
+def links_in(message: email.message.EmailMessage) -> list[str]:
+    body = message.get_body(("plain",))
+    return re.findall(r"https?://\S+", body.get_content() if body is not None else "")
+
+
+def outbox_link(outbox_dir: Path, to: str, path: str, timeout: float = 15) -> str:
+    """The newest link whose path starts with ``path`` in a message to ``to`` in the outbox.
+    A server sends after its response, so this waits for the message (up to ``timeout``)."""
+    to = to.strip().lower()
+    deadline = time.monotonic() + timeout
+    while True:
+        for message in reversed(read_outbox(outbox_dir)):
+            if str(message["To"]).lower() == to:
+                found = [link for link in links_in(message) if urlsplit(link).path.startswith(path)]
+                if found:
+                    return found[-1]
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no email to {to} with a {path} link in {outbox_dir}")
+        time.sleep(0.05)
+
+
+class SmtpSink:
+    """A real SMTP server on loopback (aiosmtpd, in its own thread) that keeps what it receives.
+
+    ``users``: accepted logins (AUTH PLAIN/LOGIN, allowed without TLS on loopback); with none,
+    the server offers no AUTH."""
+
+    def __init__(self, users: dict[str, str] | None = None):
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[email.message.EmailMessage] = []
+        self.logins: list[str] = []
+        self._arrived = threading.Condition()
+        self._users = users or {}
+        self.port = _free_port()
+        auth = dict(authenticator=self._authenticate, auth_require_tls=False) if users else {}
+        self._controller = Controller(self, hostname="127.0.0.1", port=self.port, **auth)
+
+    def __enter__(self) -> SmtpSink:
+        self._controller.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._controller.stop()
+
+    def settings(self, **more: Any) -> dict[str, Any]:
+        """The settings that send mail here."""
+        return dict(smtp_host="127.0.0.1", smtp_port=self.port, smtp_tls="none", **more)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # aiosmtpd's handler hook
+        message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+        with self._arrived:
+            self.messages.append(message)  # type: ignore[arg-type]
+            self._arrived.notify_all()
+        return "250 OK"
+
+    def _authenticate(self, server, session, envelope, mechanism, auth_data):
+        from aiosmtpd.smtp import AuthResult, LoginPassword
+
+        ok = isinstance(auth_data, LoginPassword) and self._users.get(auth_data.login.decode()) == (
+            auth_data.password.decode()
+        )
+        if ok:
+            self.logins.append(auth_data.login.decode())
+        return AuthResult(success=ok)
+
+    def to(self, address: str) -> list[email.message.EmailMessage]:
+        with self._arrived:
+            return self.to_unlocked(address)
+
+    def wait_for(self, address: str, count: int = 1, timeout: float = 15) -> list[email.message.EmailMessage]:
+        """The messages to ``address`` once there are ``count`` of them."""
+        with self._arrived:
+            if not self._arrived.wait_for(lambda: len(self.to_unlocked(address)) >= count, timeout):
+                raise AssertionError(f"{len(self.to_unlocked(address))} emails to {address}, not {count}")
+            return self.to_unlocked(address)
+
+    def to_unlocked(self, address: str) -> list[email.message.EmailMessage]:
+        return [m for m in self.messages if str(m["To"]).lower() == address.lower()]
+
+    def link(self, address: str, path: str, count: int = 1) -> str:
+        """The link starting with ``path`` in the ``count``-th message to ``address``."""
+        message = self.wait_for(address, count)[count - 1]
+        return next(link for link in links_in(message) if urlsplit(link).path.startswith(path))
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def link_path(link: str) -> str:
+    """The path of an emailed link, to request through a test client on any base URL."""
+    return urlsplit(link).path
 
 
 def wait_for_job(c: Browserless, job_id: str, timeout: float = 180) -> dict:

@@ -86,8 +86,9 @@ def generate(job_id: str) -> None:
         service.fail(settings, job_id, f"Generation failed: {type(exc).__name__}: {exc}", attempt)
     finally:
         writer.stop()
-        # the live preview is only for while it runs (a lost attempt's is the next one's)
-        if not lost or service.status_of(settings, job_id) in service.FINISHED:
+        # the live preview is only for while it runs (a lost attempt's is the next one's,
+        # unless the job is gone with its deleted account)
+        if not lost or service.status_of(settings, job_id) in (*service.FINISHED, None):
             try:
                 storage.delete(preview_key(job.user_id, job.id))
             except Exception:
@@ -125,12 +126,13 @@ def record(settings: Settings, job: Job, made: Made, writer: AttemptWriter | Non
     if service.succeed(settings, job, stored):
         return
     status = service.status_of(settings, job.id)
-    if status not in (JobStatus.FAILED, JobStatus.CANCELLED):
+    if status is not None and status not in (JobStatus.FAILED, JobStatus.CANCELLED):
         # Requeued, or another attempt runs or ran it: the same keys are (or will be) that
         # attempt's images, so they stay.
         log.warning("job %s: attempt %d lost the job before recording; keeping the images", job.id, job.attempts)
         return
-    log.warning("job %s was %s meanwhile; discarding its images", job.id, status)
+    # failed, cancelled, or gone with its deleted account: nobody will record these
+    log.warning("job %s was %s meanwhile; discarding its images", job.id, status or "deleted")
     _remove(storage, job, stored)
 
 

@@ -19,6 +19,15 @@ class User(Base):
     # in the same transaction as the entry, and checked against the sum by tests.
     balance: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Set when the owner followed a link sent to ``email`` (the welcome credits come then).
+    email_verified_at: Mapped[datetime | None]
+    # A deleted account stays as a tombstone the ledger's rows point at: no email, no
+    # password, no sessions (app.erasure).
+    deleted_at: Mapped[datetime | None]
+
+    @property
+    def verified(self) -> bool:
+        return self.email_verified_at is not None
 
 
 class LoginSession(Base):
@@ -46,3 +55,21 @@ class RateLimitHit(Base):
     key: Mapped[str] = mapped_column(String(255))
     at: Mapped[float] = mapped_column(Float)  # Unix time of the event
     expires_at: Mapped[float] = mapped_column(Float, index=True)
+
+
+VERIFY, RESET, CHANGE_EMAIL = "verify", "reset", "email"
+
+
+class AccountToken(Base):
+    """A link sent by email (confirm the address, reset the password, confirm a new
+    address): works once, until ``expires_at``, and only for the address it was sent to."""
+
+    __tablename__ = "account_tokens"
+
+    # SHA-256 of the link's token, as for sessions: the database alone opens no link.
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    purpose: Mapped[str] = mapped_column(String(16))
+    email: Mapped[str] = mapped_column(String(320))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    expires_at: Mapped[datetime]

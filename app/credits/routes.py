@@ -29,7 +29,8 @@ def monthly_refill(request: Request) -> None:
     if not settings.monthly_refill_credits:
         return
     user = optional_user(request)
-    if user is not None and service.apply_monthly_refill(settings, user.id):
+    # free credits only for a confirmed address (as the welcome credits), or sign-ups would farm them
+    if user is not None and user.verified and service.apply_monthly_refill(settings, user.id):
         forget_user(request)  # the page shows the new balance
 
 

@@ -257,6 +257,22 @@ def grant_signup_credits(session: Session, settings: Settings, user_id: int) -> 
     )
 
 
+def forfeit_balance(session: Session, user_id: int) -> int:
+    """A deleted account's unused credits, written off by one last ledger entry, so the
+    tombstone's balance and the sum of its entries are both 0. Returns how many."""
+    left = ledger.balance(session, user_id)
+    if left > 0:
+        ledger.adjust(
+            session,
+            user_id,
+            -left,
+            key=f"closed:{user_id}",
+            memo="Account deleted: unused credits forfeited",
+            reference="account-deleted",
+        )
+    return left
+
+
 def apply_monthly_refill(settings: Settings, user_id: int) -> int:
     """Top the balance up to the monthly free amount, once per calendar month (UTC)."""
     if not settings.monthly_refill_credits:

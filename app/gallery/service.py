@@ -18,7 +18,7 @@ from app.config import Settings
 from app.db import reading, transaction
 from app.errors import NotFound, UserError
 from app.gallery import thumbnails
-from app.gallery.models import CollectionImage, Image, aspect_of
+from app.gallery.models import Collection, CollectionImage, Image, aspect_of
 from app.storage import ObjectNotFound, get_storage, thumbnail_key
 
 if TYPE_CHECKING:  # generation imports the gallery, not the other way round
@@ -147,3 +147,22 @@ def delete_images(settings: Settings, user_id: int, image_ids: Iterable[str]) ->
         except Exception:  # the rows are gone either way; a retry of the same delete is not possible
             log.exception("could not delete object %s of a deleted image", key)
     return len(ids)
+
+
+def forget_user(session: Session, user_id: int) -> list[str]:
+    """Delete every image and collection of the user (a deleted account), in the caller's
+    transaction; returns the storage keys of the images' objects, to delete after the commit."""
+    rows = session.execute(
+        select(Image.storage_key, Image.thumbnail_key, Image.job_id, Image.index).where(Image.user_id == user_id)
+    ).all()
+    keys = [
+        key
+        for storage_key, thumb, job_id, index in rows
+        for key in (storage_key, thumb, thumbnail_key(user_id, job_id, index))
+        if key
+    ]
+    theirs = select(Image.id).where(Image.user_id == user_id)
+    session.execute(delete(CollectionImage).where(CollectionImage.image_id.in_(theirs)))
+    for model in (Image, Collection):
+        session.execute(delete(model).where(model.user_id == user_id).execution_options(synchronize_session=False))
+    return keys

@@ -12,7 +12,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Update, and_, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Update, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -30,6 +30,7 @@ from app.generation.models import Job
 from app.generation.schemas import MAX_SEED, GenerationRequest
 from app.queue import send_generate
 from app.storage import ObjectNotFound, Storage, get_storage, input_key
+from app.storage import keys as object_keys
 
 if TYPE_CHECKING:
     from datetime import datetime
@@ -586,3 +587,28 @@ def _updated(session: Session, statement: Update) -> int:
     """How many rows a conditional UPDATE changed: whether this caller won the race."""
     # an UPDATE's result is a CursorResult; Session.execute is typed for any statement
     return cast(CursorResult[Any], session.execute(statement)).rowcount
+
+
+def forget_user(session: Session, user_id: int) -> list[str]:
+    """Delete every job of the user (a deleted account) and, through the gallery, their
+    images and collections, in the caller's transaction. A queued or running job's hold is
+    released first (its worker finds the job gone, stops, and discards what it made).
+    Returns every storage key the jobs may have used (images, thumbnails, inputs,
+    previews), to delete after the commit."""
+    keys = gallery.forget_user(session, user_id)
+    jobs = session.execute(
+        select(Job.id, Job.status, Job.price, Job.n_images, Job.source_key, Job.mask_key, Job.preview_key).where(
+            Job.user_id == user_id
+        )
+    ).all()
+    for job_id, status, price, n_images, *recorded in jobs:
+        if status in ACTIVE:
+            ledger.release(session, user_id, price, job_id=job_id, memo="Released: the account was deleted")
+        keys += [key for key in recorded if key]
+        # the keys a job's objects may have even where its row no longer names them
+        keys += [input_key(user_id, job_id, "source"), input_key(user_id, job_id, "mask")]
+        keys.append(object_keys.preview_key(user_id, job_id))
+        for i in range(n_images):
+            keys += [object_keys.image_key(user_id, job_id, i), object_keys.thumbnail_key(user_id, job_id, i)]
+    session.execute(delete(Job).where(Job.user_id == user_id).execution_options(synchronize_session=False))
+    return list(dict.fromkeys(keys))

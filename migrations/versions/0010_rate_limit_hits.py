@@ -4,7 +4,7 @@ One row per counted event (a failed login, a sign-up) under its limit's key; a m
 counts a key's rows younger than the window. Rows are deleted once they expire.
 
 Revision ID: 0010
-Revises: 0008
+Revises: 0009
 Create Date: 2026-12-07
 """
 
@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0008"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 

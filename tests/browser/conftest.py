@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from app.config import REPO_ROOT
-from tests.support import Worker, make_settings, migrated, settings_env
+from tests.support import OUTBOXES, PASSWORD, Worker, make_settings, migrated, outbox_link, settings_env
 
 CHROMIUM = "/usr/bin/chromium"
 ARTIFACTS = REPO_ROOT / "test-artifacts"
@@ -43,12 +43,38 @@ def web_server(settings, log_path: Path) -> Iterator[str]:
             break
         except OSError:
             time.sleep(0.1)
+    url = f"http://127.0.0.1:{port}"
+    assert settings.outbox_dir is not None
+    OUTBOXES[url] = settings.outbox_dir
     try:
-        yield f"http://127.0.0.1:{port}"
+        yield url
     finally:
         web.terminate()
         web.wait(timeout=10)
         log.close()
+
+
+def sign_up_in_browser(page, url: str, email: str, password: str = PASSWORD) -> None:
+    """Fill the sign-up form, then confirm the address from the email in the server's outbox,
+    as a newcomer would: logged in with the welcome credits, on the Create page."""
+    from playwright.sync_api import expect
+
+    page.goto(f"{url}/signup")
+    page.get_by_label("Email").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+    confirm_in_browser(page, url, email)
+
+
+def confirm_in_browser(page, url: str, email: str) -> None:
+    from playwright.sync_api import expect
+
+    page.goto(outbox_link(OUTBOXES[url], email, "/email/verify/"))
+    page.get_by_role("button", name="Confirm my email").click()
+    expect(page.get_by_text("Your email address is confirmed")).to_be_visible()
+    page.get_by_role("link", name="Start creating").click()
+    expect(page.locator("#balance")).to_be_visible()
 
 
 @pytest.fixture(scope="module")

@@ -8,16 +8,14 @@ import pytest
 from playwright.sync_api import expect
 
 from app.config import DEFAULT_PACKS
+from tests.browser.conftest import sign_up_in_browser
 
 pytestmark = pytest.mark.browser
 
 
 def test_buy_a_pack_through_the_test_checkout_and_see_the_balance_change(live_server, page, shoot):
     pack = DEFAULT_PACKS[0]  # the live server sells the default packs
-    page.goto(f"{live_server}/signup")
-    page.get_by_label("Email").fill("grace@example.com")
-    page.get_by_label("Password").fill("a long enough passphrase")
-    page.get_by_role("button", name="Sign up").click()
+    sign_up_in_browser(page, live_server, "grace@example.com")
     balance = page.locator("#balance strong")
     expect(balance).to_have_text("200")
 

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.conftest import web_server
+from tests.browser.conftest import sign_up_in_browser, web_server
 from tests.gallery_data import add_image, user_id
 from tests.support import PASSWORD, make_settings, migrated
 
@@ -35,10 +35,7 @@ def gallery_site(tmp_path_factory, tiny_model_path):
 
 
 def sign_up(page, url: str, email: str) -> None:
-    page.goto(f"{url}/signup")
-    page.get_by_label("Email").fill(email)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
+    sign_up_in_browser(page, url, email, PASSWORD)
     expect(page.locator("#balance")).to_be_visible()
 
 

@@ -11,6 +11,8 @@ import pytest
 from PIL import Image
 from playwright.sync_api import expect
 
+from tests.browser.conftest import sign_up_in_browser
+
 pytestmark = pytest.mark.browser
 
 
@@ -20,10 +22,7 @@ def test_paint_a_mask_and_inpaint(live_server, page, shoot, tmp_path):
     source_path = tmp_path / "photo.png"
     source.save(source_path)
 
-    page.goto(f"{live_server}/signup")
-    page.get_by_label("Email").fill("painter@example.com")
-    page.get_by_label("Password").fill("a long enough passphrase")
-    page.get_by_role("button", name="Sign up").click()
+    sign_up_in_browser(page, live_server, "painter@example.com")
     expect(page.locator("#balance strong")).to_have_text("200")
 
     page.locator(".mode-tab", has_text="Inpaint").click()

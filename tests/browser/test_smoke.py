@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
+from tests.browser.conftest import confirm_in_browser
+
 pytestmark = pytest.mark.browser
 
 
@@ -16,6 +18,9 @@ def test_sign_up_generate_and_see_it_in_the_gallery(live_server, page, shoot):
     page.get_by_label("Password").fill("a long enough passphrase")
     shoot("02-signup")
     page.get_by_role("button", name="Sign up").click()
+    expect(page.get_by_role("heading", name="Check your email")).to_be_visible()
+    shoot("02b-check-your-email")
+    confirm_in_browser(page, live_server, "ada@example.com")
 
     balance = page.locator("#balance strong")
     expect(balance).to_have_text("200")
@@ -57,6 +62,7 @@ def test_a_bad_request_shows_an_error_in_the_form(live_server, page, shoot):
     shoot("07-signup-error")
     page.get_by_label("Password").fill("a long enough passphrase")
     page.get_by_role("button", name="Sign up").click()
+    confirm_in_browser(page, live_server, "bob@example.com")
     page.get_by_label("Steps").fill("0")
     page.get_by_label("Prompt", exact=True).fill("a cat")
     expect(page.locator("#quote")).to_contain_text("Steps must be between 1 and")

@@ -29,7 +29,7 @@ from app.db import transaction
 from app.generation.catalog import BUILTIN_TINY_MODEL
 from app.main import create_app
 from tests.integration.fake_stripe import FakeStripe, payload, sign
-from tests.support import PASSWORD, make_settings, migrated
+from tests.support import PASSWORD, link_path, make_settings, migrated, outbox_link
 
 T = TypeVar("T")
 
@@ -130,13 +130,22 @@ def stripe_settings(tmp_path, fake):
     )
 
 
-def paid_checkout(url: str, fake: FakeStripe) -> str:
+def signed_up(browser: httpx.Client, settings, email: str = "ada@example.com") -> str:
+    """Sign up and follow the emailed confirmation link (from the outbox); returns the CSRF token."""
+    browser.get("/login")
+    csrf = browser.cookies["gouache_csrf"]
+    response = browser.post("/signup", data={"email": email, "password": PASSWORD, "csrf_token": csrf})
+    assert response.status_code == 303, response.text
+    link = outbox_link(settings.outbox_dir, email, "/email/verify/")
+    confirmed = browser.post(link_path(link), data={"csrf_token": csrf})
+    assert confirmed.status_code == 303, confirmed.text
+    return csrf
+
+
+def paid_checkout(url: str, fake: FakeStripe, settings) -> str:
     """A buyer signs up, clicks Buy and pays on Stripe's page; returns the Checkout Session id."""
     with httpx.Client(base_url=url) as browser:
-        browser.get("/login")
-        csrf = browser.cookies["gouache_csrf"]
-        signed_up = browser.post("/signup", data={"email": "ada@example.com", "password": PASSWORD, "csrf_token": csrf})
-        assert signed_up.status_code == 303, signed_up.text
+        csrf = signed_up(browser, settings)
         bought = browser.post("/billing/checkout", data={"pack": "starter", "csrf_token": csrf})
         assert bought.status_code == 303, bought.text
     session_id = next(iter(fake.sessions))
@@ -146,7 +155,7 @@ def paid_checkout(url: str, fake: FakeStripe) -> str:
 
 def test_a_slow_stripe_does_not_hold_up_other_requests(stripe_settings, fake):
     with live_server(create_app(stripe_settings)) as url:
-        event = fake.checkout_completed_event(paid_checkout(url, fake))
+        event = fake.checkout_completed_event(paid_checkout(url, fake, stripe_settings))
         normal = normal_times(url)
         body = payload(event)
 
@@ -196,12 +205,7 @@ def test_a_large_zip_download_does_not_hold_up_other_requests(tmp_path, monkeypa
     monkeypatch.setattr(export, "get_storage", lambda _settings: slow)
     with live_server(create_app(settings)) as url:
         with httpx.Client(base_url=url) as browser:
-            browser.get("/login")
-            csrf = browser.cookies["gouache_csrf"]
-            signed_up = browser.post(
-                "/signup", data={"email": "ada@example.com", "password": PASSWORD, "csrf_token": csrf}
-            )
-            assert signed_up.status_code == 303, signed_up.text
+            csrf = signed_up(browser, settings)
             with transaction(settings) as session:
                 ada = session.scalar(select(User.id).where(User.email == "ada@example.com"))
             ids = [add_image(settings, ada, f"picture {i}", size=(512, 512), colour=(i, 90, 200)) for i in range(24)]

@@ -16,7 +16,7 @@ from app.generation import service
 from app.generation.models import Job
 from app.main import create_app
 from app.migrate import NotMigrated
-from tests.support import PASSWORD, Browserless, make_settings
+from tests.support import PASSWORD, Browserless, link_path, make_settings, outbox_link
 
 
 def jobs_count(settings) -> int:
@@ -74,8 +74,12 @@ def test_static_htmx_is_served_locally(client):
 def test_sign_up_errors_are_shown_in_the_form(client):
     client.sign_up("taken@example.com")
     fresh = Browserless(client.http.app)
+    # a taken address is answered as a new one (its owner gets an email instead: test_email.py)
     taken = fresh.form("/signup", {"email": "TAKEN@example.com", "password": PASSWORD})
-    assert taken.status_code == 422 and "already exists" in taken.text
+    brand_new = fresh.form("/signup", {"email": "brand-new@example.com", "password": PASSWORD})
+    assert taken.status_code == brand_new.status_code == 303
+    assert taken.headers["location"] == brand_new.headers["location"] == "/signup/sent"
+    assert "already exists" not in taken.text
     weak = fresh.form("/signup", {"email": "new@example.com", "password": "short"})
     assert weak.status_code == 422 and "at least 8 characters" in weak.text
     common = fresh.form("/signup", {"email": "new@example.com", "password": "password123"})
@@ -99,9 +103,12 @@ def test_session_cookie_is_httponly_samesite_and_secure_over_https(settings):
         http = TestClient(app, base_url=base, follow_redirects=False)
         http.get("/signup")
         email = f"{'s' if secure else 'p'}@example.com"
-        response = http.post(
-            "/signup", data={"email": email, "password": PASSWORD, "csrf_token": http.cookies["gouache_csrf"]}
-        )
+        csrf = http.cookies["gouache_csrf"]
+        http.post("/signup", data={"email": email, "password": PASSWORD, "csrf_token": csrf})
+        # the session starts when the owner follows the emailed link
+        link = outbox_link(settings.outbox_dir, email, "/email/verify/")
+        assert link.startswith(f"{base}/email/verify/")
+        response = http.post(link_path(link), data={"csrf_token": csrf})
         cookie = next(c for c in response.headers.get_list("set-cookie") if c.startswith("gouache_session="))
         assert "HttpOnly" in cookie and "SameSite=lax" in cookie
         assert ("Secure" in cookie) is secure

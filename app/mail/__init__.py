@@ -1,0 +1,1 @@
+"""Email: SMTP when a host is set, otherwise an outbox folder of .eml files (the embedded default)."""
