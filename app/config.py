@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     janitor_interval_s: float = Field(default=5.0, gt=0)
     input_retention_s: int = Field(default=7 * 24 * 3600, ge=0)
 
+    # Operator (admin area, /metrics): with a token, /metrics wants `Authorization: Bearer
+    # <token>`; without one, it answers only requests from this machine (loopback).
+    metrics_token: str = ""
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         self.data_dir = self.data_dir.resolve()

@@ -42,3 +42,14 @@ class TooManyJobs(UserError):
     """Fair sharing: the user already has as many jobs queued or running as one may."""
 
     status_code = 429
+
+
+class AccountSuspended(UserError):
+    """An operator suspended this account: it may not log in or generate."""
+
+    status_code = 403
+
+    def __init__(
+        self, message: str = "This account is suspended. If you think this is a mistake, contact the operator."
+    ):
+        super().__init__(message)

@@ -30,6 +30,7 @@ class CurrentUser:
     id: int
     email: str
     balance: int
+    is_admin: bool = False
 
 
 def optional_user(request: Request) -> CurrentUser | None:
@@ -37,7 +38,7 @@ def optional_user(request: Request) -> CurrentUser | None:
     if "user" not in request.state._state:
         with reading(get_app_settings(request)) as session:
             user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
-        request.state.user = CurrentUser(user.id, user.email, user.balance) if user else None
+        request.state.user = CurrentUser(user.id, user.email, user.balance, user.is_admin) if user else None
     return request.state.user
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, ForeignKey, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, ForeignKey, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -19,6 +19,11 @@ class User(Base):
     # in the same transaction as the entry, and checked against the sum by tests.
     balance: Mapped[int] = mapped_column(Integer, default=0)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The operator's: admins see /admin (`gouache users make-admin`); a suspended account
+    # cannot log in or generate (app/admin/service.py sets these, with an audit row).
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    suspended_at: Mapped[datetime | None]
+    suspension_reason: Mapped[str] = mapped_column(String(500), default="", server_default="")
 
 
 class LoginSession(Base):

@@ -58,7 +58,7 @@ def login(request: Request, email: str = Form(""), password: str = Form("")):
             user = service.authenticate(session, email, password)
             token = service.start_session(session, settings, user)
     except UserError as e:
-        return render(request, "accounts/login.html", status_code=422, form={"email": email}, error=e)
+        return render(request, "accounts/login.html", status_code=e.status_code, form={"email": email}, error=e)
     return _logged_in(request, token)
 
 
