@@ -17,10 +17,11 @@ from app.accounts.models import LoginSession, User
 from app.admin import service as admin
 from app.admin.models import AdminAction
 from app.credits import ledger
-from app.credits.models import PAID, LedgerEntry, Purchase
+from app.credits.models import LedgerEntry
 from app.db import reading, transaction, utcnow
 from app.enums import JobStatus
 from app.generation.models import Job
+from tests.admin_data import make_job, paid_purchase
 from tests.support import PASSWORD
 
 # ---- helpers ------------------------------------------------------------------------
@@ -41,78 +42,6 @@ def balance(settings, email: str) -> int:
 def audit_rows(settings) -> list[AdminAction]:
     with reading(settings) as session:
         return list(session.scalars(select(AdminAction).order_by(AdminAction.id)))
-
-
-def make_job(
-    settings,
-    owner: int,
-    status: JobStatus,
-    *,
-    model: str = "tiny",
-    price: int = 10,
-    n_images: int = 1,
-    seconds: float | None = None,
-    error: str = "",
-    prompt: str = "a lighthouse at dusk",
-    created_ago: timedelta = timedelta(minutes=5),
-) -> str:
-    """A job row as the services leave it in ``status``: held, then captured (succeeded) or
-    released (failed, cancelled)."""
-    job_id = str(uuid.uuid4())
-    created = utcnow() - created_ago
-    started = created + timedelta(seconds=1) if status != JobStatus.QUEUED else None
-    finished = started + timedelta(seconds=seconds or 2) if status.finished and started else None
-    with transaction(settings) as session:
-        session.add(
-            Job(
-                id=job_id,
-                user_id=owner,
-                client_request_id=uuid.uuid4().hex,
-                status=status,
-                model=model,
-                prompt=prompt,
-                width=64,
-                height=64,
-                steps=4,
-                guidance=7.5,
-                seed=1,
-                n_images=n_images,
-                price=price,
-                error=error,
-                created_at=created,
-                started_at=started,
-                finished_at=finished,
-                attempts=0 if status == JobStatus.QUEUED else 1,
-            )
-        )
-        session.flush()
-        ledger.hold(session, owner, price, job_id=job_id, memo="test job")
-        if status == JobStatus.SUCCEEDED:
-            ledger.capture(session, owner, job_id=job_id)
-        elif status in (JobStatus.FAILED, JobStatus.CANCELLED):
-            ledger.release(session, owner, price, job_id=job_id, memo="released")
-    return job_id
-
-
-def paid_purchase(settings, owner: int, *, credits: int, amount: int, provider: str = "stripe") -> str:
-    purchase_id = str(uuid.uuid4())
-    with transaction(settings) as session:
-        session.add(
-            Purchase(
-                id=purchase_id,
-                user_id=owner,
-                pack_id="starter",
-                credits=credits,
-                amount=amount,
-                currency="usd",
-                provider=provider,
-                status=PAID,
-                paid_at=utcnow(),
-            )
-        )
-        session.flush()
-        ledger.credit_purchase(session, owner, credits, purchase_id=purchase_id, memo="bought")
-    return purchase_id
 
 
 @pytest.fixture
@@ -291,7 +220,9 @@ def test_grant_with_a_reason_writes_the_ledger_the_balance_and_the_audit_log(adm
     page = admin_client.get(f"/admin/users/{cara}").text
     request_id = csrf_field(page, "request_id")
 
-    no_reason = admin_client.form(f"/admin/users/{cara}/grant", {"amount": "500", "reason": "", "request_id": request_id})
+    no_reason = admin_client.form(
+        f"/admin/users/{cara}/grant", {"amount": "500", "reason": "", "request_id": request_id}
+    )
     assert no_reason.status_code == 422 and "Give a reason" in no_reason.text
     for bad in ("", "abc", "0", "1.5", "1e309", "99999999999"):
         response = admin_client.form(
@@ -306,9 +237,10 @@ def test_grant_with_a_reason_writes_the_ledger_the_balance_and_the_audit_log(adm
     assert balance(settings, "cara@example.com") == 700  # granted once
     with reading(settings) as session:
         [entry] = session.scalars(
-            select(LedgerEntry).where(LedgerEntry.user_id == cara, LedgerEntry.kind == ledger.GRANT).order_by(
-                LedgerEntry.id.desc()
-            ).limit(1)
+            select(LedgerEntry)
+            .where(LedgerEntry.user_id == cara, LedgerEntry.kind == ledger.GRANT)
+            .order_by(LedgerEntry.id.desc())
+            .limit(1)
         )
     assert (entry.amount, entry.reference) == (500, "admin:Sorry for the outage")
     assert "Sorry for the outage" in entry.memo
@@ -383,7 +315,9 @@ def test_jobs_are_paged(admin_client, settings):
     with transaction(settings) as session:
         ledger.grant(session, root, 1000, key="test:root", memo="test")
     for i in range(admin.PAGE_SIZE + 2):
-        make_job(settings, root, JobStatus.SUCCEEDED, price=1, prompt=f"job number {i}", created_ago=timedelta(minutes=i))
+        make_job(
+            settings, root, JobStatus.SUCCEEDED, price=1, prompt=f"job number {i}", created_ago=timedelta(minutes=i)
+        )
     first = admin_client.get("/admin/jobs").text
     assert "job number 0<" in first and f"job number {admin.PAGE_SIZE + 1}<" not in first and "Older →" in first
     second = admin_client.get("/admin/jobs", params={"page": 2}).text
