@@ -4,6 +4,10 @@ process's HTTP latency, labelled by route template."""
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
+import urllib.request
 from datetime import timedelta
 
 import pytest
@@ -12,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app.accounts import service as accounts
+from app.config import REPO_ROOT
 from app.credits import ledger
 from app.credits.models import LedgerEntry
 from app.db import reading, transaction
@@ -19,7 +24,8 @@ from app.enums import JobStatus
 from app.generation.models import Job
 from app.main import create_app
 from tests.admin_data import make_job, paid_purchase
-from tests.support import PASSWORD, make_settings, migrated
+from tests.processes import Output, free_port
+from tests.support import PASSWORD, make_settings, migrated, settings_env
 
 LOOPBACK = ("127.0.0.1", 50000)
 
@@ -140,3 +146,49 @@ def test_with_a_token_a_bearer_header_is_required_from_anywhere(tmp_path, tiny_m
         assert http.get("/metrics", headers={"Authorization": "Bearer ünïcode".encode()}).status_code == 401
         ok = http.get("/metrics", headers={"Authorization": "Bearer s3cret-token"})
         assert ok.status_code == 200 and "gouache_queue_depth" in ok.text
+
+
+def test_several_web_processes_report_every_request(settings, tmp_path):
+    """`gouache web --workers 2`: each process counts its own requests in prometheus-client's
+    multiprocess files, and whichever process answers a scrape sums them all."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "app.cli", "web", "--port", str(port), "--workers", "2"],
+        cwd=REPO_ROOT,
+        env=settings_env(settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    out = Output(proc, tmp_path / "web.log")
+    try:
+        started = r"Started server process \[(\d+)\]"
+        out.wait_for(started, timeout=120)
+        out.wait_for(started, timeout=120, after=len(out.lines))
+        out.wait_for(r"Application startup complete", timeout=60)
+        base = f"http://127.0.0.1:{port}"
+        folder = settings.data_dir / "metrics"
+        sent = 0
+        # A new connection each: the two processes share the accepts. Until both answered some.
+        while sent < 40 or (len(list(folder.glob("histogram_*.db"))) < 2 and sent < 2000):
+            with urllib.request.urlopen(f"{base}/healthz", timeout=10) as response:
+                assert response.status == 200
+            sent += 1
+        assert len(list(folder.glob("histogram_*.db"))) == 2  # both processes counted requests
+        for _ in range(4):
+            with urllib.request.urlopen(f"{base}/metrics", timeout=10) as response:
+                text = response.read().decode()
+            counts = [
+                s.value
+                for family in text_string_to_metric_families(text)
+                for s in family.samples
+                if s.name == "gouache_http_request_duration_seconds_count" and s.labels.get("route") == "/healthz"
+            ]
+            assert counts == [sent]
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
