@@ -375,6 +375,11 @@ class Day:
     granted: int = 0  # free credits: signup, refill, operators' grants
     revenue: dict[str, int] = field(default_factory=dict)  # currency -> minor units, Stripe only
 
+    @property
+    def busy(self) -> bool:
+        """Anything sold, spent, granted or paid on this day."""
+        return bool(self.sold or self.spent or self.granted or self.revenue)
+
 
 @dataclass(frozen=True)
 class Money:
