@@ -20,8 +20,12 @@ from __future__ import annotations
 
 import os
 import secrets
+import threading
 import time
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from ipaddress import ip_address
 from typing import Any
 
@@ -29,14 +33,14 @@ from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy import case, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy import ColumnElement, case, func, select
+from sqlalchemy.orm import Session, aliased
 
 from app.admin import service
 from app.config import Settings
 from app.credits import ledger
 from app.credits.models import LedgerEntry
-from app.db import reading
+from app.db import reading, utcnow
 from app.enums import JobStatus
 from app.generation.catalog import get_catalog
 from app.generation.models import Job
@@ -89,75 +93,154 @@ class HttpMetrics:
             ).observe(time.perf_counter() - start)
 
 
+# A job finished, or a ledger entry written, this long ago is committed: each web process
+# adds up those once (the counters trail by this much) and never reads them again.
+SETTLE_S = 60.0
+
+
+@dataclass
+class _Totals:
+    """One database's counters as of ``horizon``, kept by this process (see DatabaseCollector)."""
+
+    horizon: datetime | None = None
+    finished: Counter[tuple[str, str]] = field(default_factory=Counter)  # (state, model) -> jobs
+    seconds_count: Counter[str] = field(default_factory=Counter)  # model -> succeeded jobs timed
+    seconds_sum: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    buckets: dict[str, list[int]] = field(default_factory=dict)  # model -> cumulative counts
+    ledger: Counter[str] = field(default_factory=Counter)  # kind -> credits (signed)
+    captured: int = 0
+
+
+_totals: dict[str, _Totals] = {}
+_totals_lock = threading.Lock()
+
+
 class DatabaseCollector(Collector):
-    """The metrics the database holds, computed at each scrape (see the module docstring)."""
+    """The metrics the database holds, read at each scrape.
+
+    What is happening now (jobs queued and running per model, the queue depth, credits
+    held) is read whole: active jobs are few and found by the status index. What only grows
+    (jobs finished, the generation-seconds histogram, credits held, captured, released,
+    bought and granted) is added up by this process: the first scrape reads the history
+    once, every later one only what settled since the previous (by the indexes on
+    ``jobs.finished_at`` and ``ledger_entries.created_at``), so a scrape stays a few small
+    queries however long the history. Every process reads the same rows, so whichever web
+    process answers gives the same totals."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
     def collect(self) -> Iterator[Metric]:
-        with reading(self.settings) as session:
-            yield from _jobs(session, self.settings)
-            yield _generation_seconds(session)
-            yield from _credits(session)
+        with _totals_lock:  # one scrape at a time advances a database's totals
+            totals = _totals.setdefault(self.settings.database_url, _Totals())
+            with reading(self.settings) as session:
+                _advance(session, totals, utcnow() - timedelta(seconds=SETTLE_S))
+                metrics = _active_jobs(session, self.settings)
+                held = service.held_now(session)
+            metrics += [_finished_jobs(totals), _generation_seconds(totals), *_credits(totals, held)]
+        yield from metrics
 
 
-def _jobs(session: Session, settings: Settings) -> Iterator[Metric]:
-    counts = service.jobs_by_state_and_model(session)
-    models = sorted({model for _, model in counts} | set(get_catalog(settings).ids))
-    jobs = GaugeMetricFamily("gouache_jobs", "Jobs in the database, by state and model.", labels=("state", "model"))
-    depth = GaugeMetricFamily("gouache_queue_depth", "Jobs waiting for a worker (queued), by model.", labels=("model",))
-    for model in models:
-        for state in JobStatus:
-            jobs.add_metric((state.value, model), counts.get((state.value, model), 0))
-        depth.add_metric((model,), counts.get((JobStatus.QUEUED.value, model), 0))
-    yield jobs
-    yield depth
+def _advance(session: Session, totals: _Totals, horizon: datetime) -> None:
+    """Add what settled between the totals' horizon and ``horizon`` to them."""
 
+    def since(column: Any) -> list[ColumnElement[bool]]:
+        after = [column >= totals.horizon] if totals.horizon is not None else [column.is_not(None)]
+        return [*after, column < horizon]
 
-def _generation_seconds(session: Session) -> Metric:
-    """A histogram of succeeded jobs' generation time (the last attempt's start to its
-    finish) per model, its buckets counted by the database in one grouped query."""
-    seconds = service.seconds_between(session, Job.started_at, Job.finished_at)
+    seconds = service.seconds_between(session, Job.started_at, Job.finished_at)  # NULL if never started
     buckets = [func.sum(case((seconds <= bound, 1), else_=0)) for bound in GENERATION_BUCKETS]
-    rows = session.execute(
-        select(Job.model, func.count(), func.coalesce(func.sum(seconds), 0), func.sum(Job.n_images), *buckets)
-        .where(Job.status == JobStatus.SUCCEEDED, Job.started_at.is_not(None), Job.finished_at.is_not(None))
-        .group_by(Job.model)
-        .order_by(Job.model)
+    jobs = session.execute(
+        select(Job.status, Job.model, func.count(), func.count(seconds), func.sum(seconds), *buckets)
+        .where(*since(Job.finished_at))
+        .group_by(Job.status, Job.model)
     ).all()
+    for status, model, count, timed, total, *cumulative in jobs:
+        totals.finished[(status, model)] += count
+        if status == JobStatus.SUCCEEDED:
+            totals.seconds_count[model] += timed
+            totals.seconds_sum[model] += max(0.0, float(total or 0))
+            counts = totals.buckets.setdefault(model, [0] * len(GENERATION_BUCKETS))
+            for i, n in enumerate(cumulative):
+                counts[i] += int(n or 0)
+
+    by_kind = session.execute(
+        select(LedgerEntry.kind, func.sum(LedgerEntry.amount))
+        .where(*since(LedgerEntry.created_at))
+        .group_by(LedgerEntry.kind)
+    ).all()
+    for kind, amount in by_kind:
+        totals.ledger[kind] += int(amount or 0)
+
+    hold, settle = aliased(LedgerEntry), aliased(LedgerEntry)
+    totals.captured += (
+        session.scalar(
+            select(func.coalesce(func.sum(-hold.amount), 0))
+            .select_from(settle)
+            .join(hold, (hold.job_id == settle.job_id) & (hold.kind == ledger.HOLD))
+            .where(settle.kind == ledger.CAPTURE, *since(settle.created_at))
+        )
+        or 0
+    )
+    totals.horizon = horizon
+
+
+def _active_jobs(session: Session, settings: Settings) -> list[Metric]:
+    models = set(get_catalog(settings).ids)
+    counts: dict[tuple[str, str], int] = {}
+    for queue in service.queues(session, settings):
+        models.add(queue.model)
+        counts[(JobStatus.QUEUED.value, queue.model)] = queue.queued
+        counts[(JobStatus.RUNNING.value, queue.model)] = queue.running
+    jobs = GaugeMetricFamily(
+        "gouache_jobs", "Jobs queued or running now, by state and model.", labels=("state", "model")
+    )
+    depth = GaugeMetricFamily("gouache_queue_depth", "Jobs waiting for a worker (queued), by model.", labels=("model",))
+    for model in sorted(models):
+        for state in (JobStatus.QUEUED.value, JobStatus.RUNNING.value):
+            jobs.add_metric((state, model), counts.get((state, model), 0))
+        depth.add_metric((model,), counts.get((JobStatus.QUEUED.value, model), 0))
+    return [jobs, depth]
+
+
+def _finished_jobs(totals: _Totals) -> Metric:
+    finished = CounterMetricFamily(
+        "gouache_jobs_finished", "Jobs that ended, by final state and model.", labels=("state", "model")
+    )
+    for (state, model), count in sorted(totals.finished.items()):
+        finished.add_metric((state, model), count)
+    return finished
+
+
+def _generation_seconds(totals: _Totals) -> Metric:
+    """Succeeded jobs' generation time (the last attempt's start to its finish), per model."""
     histogram = HistogramMetricFamily(
         "gouache_generation_seconds",
         "Seconds a worker took for a succeeded job (all its images), by model.",
         labels=("model",),
     )
-    for model, count, total, _images, *cumulative in rows:
-        pairs = [(_le(bound), int(n or 0)) for bound, n in zip(GENERATION_BUCKETS, cumulative, strict=True)]
-        histogram.add_metric((model,), [*pairs, ("+Inf", int(count))], sum_value=max(0.0, float(total)))
+    for model, cumulative in sorted(totals.buckets.items()):
+        pairs = [(str(float(bound)), n) for bound, n in zip(GENERATION_BUCKETS, cumulative, strict=True)]
+        histogram.add_metric(
+            (model,), [*pairs, ("+Inf", totals.seconds_count[model])], sum_value=totals.seconds_sum.get(model, 0.0)
+        )
     return histogram
 
 
-def _le(bound: float) -> str:
-    return str(float(bound))
-
-
-def _credits(session: Session) -> Iterator[Metric]:
-    by_kind = dict(
-        session.execute(select(LedgerEntry.kind, func.sum(LedgerEntry.amount)).group_by(LedgerEntry.kind)).all()
-    )
+def _credits(totals: _Totals, held_now: int) -> Iterator[Metric]:
     held = GaugeMetricFamily("gouache_credits_held", "Credits held now for jobs not yet settled.")
-    held.add_metric((), service.held_now(session))
+    held.add_metric((), held_now)
     yield held
     counters = {
-        "held": ("Credits ever held for jobs at submit.", -(by_kind.get(ledger.HOLD) or 0)),
-        "captured": ("Credits charged: holds of jobs that delivered.", service.captured(session)),
-        "released": ("Credits given back: holds of jobs that failed or were cancelled.", by_kind.get(ledger.RELEASE)),
-        "bought": ("Credits bought (purchases credited).", by_kind.get(ledger.PURCHASE)),
-        "granted": ("Free credits granted (signup, refill, operators).", by_kind.get(ledger.GRANT)),
+        "held": ("Credits held for jobs at submit.", -totals.ledger[ledger.HOLD]),
+        "captured": ("Credits charged: holds of jobs that delivered.", totals.captured),
+        "released": ("Credits given back: holds of jobs that failed or were cancelled.", totals.ledger[ledger.RELEASE]),
+        "bought": ("Credits bought (purchases credited).", totals.ledger[ledger.PURCHASE]),
+        "granted": ("Free credits granted (signup, refill, operators).", totals.ledger[ledger.GRANT]),
     }
     for name, (help_text, value) in counters.items():
         counter = CounterMetricFamily(f"gouache_credits_{name}", help_text)
-        counter.add_metric((), int(value or 0))
+        counter.add_metric((), value)
         yield counter
 
 

@@ -285,12 +285,6 @@ def state_counts(session: Session) -> dict[str, int]:
     return {status.value: counts.get(status, 0) for status in JobStatus}
 
 
-def jobs_by_state_and_model(session: Session) -> dict[tuple[str, str], int]:
-    """(state, model) → how many jobs: one aggregate query (the metrics' jobs gauge)."""
-    rows = session.execute(select(Job.status, Job.model, func.count()).group_by(Job.status, Job.model)).all()
-    return {(status, model): count for status, model, count in rows}
-
-
 @dataclass
 class Queue:
     """One model's queue, as the jobs table sees it: jobs waiting (sent or not) and running."""

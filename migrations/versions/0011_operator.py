@@ -3,7 +3,9 @@
 ``users.is_admin`` (set by ``gouache users make-admin``), ``users.suspended_at`` and
 ``suspension_reason`` (a suspended account cannot log in or generate), and
 ``admin_actions``, the append-only record of what admins did. Existing accounts are
-neither admins nor suspended.
+neither admins nor suspended. Indexes on ``jobs.finished_at`` and
+``ledger_entries.created_at`` let the money page and /metrics read a span of time
+instead of the whole history.
 
 Revision ID: 0011
 Revises: 0008
@@ -41,9 +43,14 @@ def upgrade() -> None:
         sa.Column("reason", sa.String(500), nullable=False),
     )
     op.create_index("ix_admin_actions_target_user_id", "admin_actions", ["target_user_id"])
+    # The money page and /metrics read by time: what was settled or entered since a moment.
+    op.create_index("ix_jobs_finished_at", "jobs", ["finished_at"])
+    op.create_index("ix_ledger_entries_created_at", "ledger_entries", ["created_at"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_ledger_entries_created_at", table_name="ledger_entries")
+    op.drop_index("ix_jobs_finished_at", table_name="jobs")
     op.drop_index("ix_admin_actions_target_user_id", table_name="admin_actions")
     op.drop_table("admin_actions")
     op.drop_column("users", "suspension_reason")

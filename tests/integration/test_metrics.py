@@ -16,6 +16,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import func, select
 
 from app.accounts import service as accounts
+from app.admin import metrics
 from app.config import REPO_ROOT
 from app.credits import ledger
 from app.credits.models import LedgerEntry
@@ -42,8 +43,13 @@ def scrape(settings, **headers) -> dict[str, dict[tuple, float]]:
     return samples
 
 
-def test_metrics_match_the_database(any_db_settings):
-    settings = any_db_settings
+@pytest.fixture
+def settled_at_once(monkeypatch):
+    """Count rows as settled the moment they exist (the scrape trails by SETTLE_S in production)."""
+    monkeypatch.setattr(metrics, "SETTLE_S", 0.0)
+
+
+def seed(settings) -> int:
     with transaction(settings) as session:
         gil = accounts.sign_up(session, "gil@example.com", PASSWORD).id
         ledger.grant(session, gil, 500, key="signup:gil", memo="welcome")
@@ -56,11 +62,20 @@ def test_metrics_match_the_database(any_db_settings):
     make_job(settings, gil, JobStatus.RUNNING, model="tiny", price=8)
     for _ in range(2):
         make_job(settings, gil, JobStatus.QUEUED, model="sdxl", price=3, created_ago=timedelta(seconds=30))
+    return gil
 
+
+def value(m: dict, name: str, **labels) -> float:
+    return m[name][tuple(sorted(labels.items()))]
+
+
+def test_metrics_match_the_database(any_db_settings, settled_at_once):
+    settings = any_db_settings
+    seed(settings)
     m = scrape(settings)
 
     def one(name: str, **labels) -> float:
-        return m[name][tuple(sorted(labels.items()))]
+        return value(m, name, **labels)
 
     with reading(settings) as session:
         by_state = dict(
@@ -69,9 +84,12 @@ def test_metrics_match_the_database(any_db_settings):
         kinds = dict(
             session.execute(select(LedgerEntry.kind, func.sum(LedgerEntry.amount)).group_by(LedgerEntry.kind)).all()
         )
-    # jobs by state and model, every state named (zeros too); the catalog's model listed even if idle
-    for state in JobStatus:
+    # jobs queued or running now, and jobs finished, by state and model
+    for state in (JobStatus.QUEUED, JobStatus.RUNNING):
         assert one("gouache_jobs", state=state.value, model="tiny") == by_state.get(state, 0)
+    for state in (JobStatus.SUCCEEDED, JobStatus.FAILED):
+        assert one("gouache_jobs_finished_total", state=state.value, model="tiny") == by_state[state]
+    assert one("gouache_jobs_finished_total", state="cancelled", model="sdxl") == 1
     assert one("gouache_jobs", state="queued", model="sdxl") == 2
     assert one("gouache_queue_depth", model="sdxl") == 2
     assert one("gouache_queue_depth", model="tiny") == 0
@@ -98,6 +116,34 @@ def test_metrics_match_the_database(any_db_settings):
     assert one("gouache_credits_held_total") == (
         one("gouache_credits_captured_total") + one("gouache_credits_released_total") + one("gouache_credits_held")
     )
+
+
+def test_later_scrapes_add_only_what_settled_since(settings, settled_at_once):
+    gil = seed(settings)
+    first = scrape(settings)
+    # finished now (created 4 s ago, started 1 s later, 3 s of work), as a worker finishes
+    make_job(settings, gil, JobStatus.SUCCEEDED, model="tiny", price=6, seconds=3, created_ago=timedelta(seconds=4))
+    second = scrape(settings)
+    assert value(second, "gouache_generation_seconds_count", model="tiny") == 3
+    assert value(second, "gouache_generation_seconds_bucket", model="tiny", le="5.0") == 2
+    assert value(second, "gouache_credits_captured_total") == value(first, "gouache_credits_captured_total") + 6
+    assert value(second, "gouache_jobs_finished_total", state="succeeded", model="tiny") == 3
+    third = scrape(settings)
+
+    def database(m: dict) -> dict:
+        return {name: samples for name, samples in m.items() if not name.startswith("gouache_http_")}
+
+    assert database(third) == database(second)  # nothing new: the same numbers
+
+
+def test_counters_trail_by_the_settle_time_but_what_is_active_is_live(settings):
+    seed(settings)  # every ledger entry was written just now
+    m = scrape(settings)
+    assert value(m, "gouache_credits_bought_total") == 0  # not settled yet
+    assert value(m, "gouache_credits_held") == 14  # live
+    assert value(m, "gouache_queue_depth", model="sdxl") == 2
+    # the jobs finished minutes ago are counted
+    assert value(m, "gouache_generation_seconds_count", model="tiny") == 2
 
 
 def test_http_latency_is_labelled_by_route_template(settings):
