@@ -137,14 +137,12 @@ def test_suspension_ends_sessions_blocks_login_and_generation_and_is_lifted(admi
     assert queued.status_code == 202, queued.text
     assert balance(settings, "bob@example.com") < 200  # the job holds its price
 
-    page = admin_client.get(f"/admin/users/{bob_id}").text
     missing_reason = admin_client.form(f"/admin/users/{bob_id}/suspend", {"reason": "  "})
     assert missing_reason.status_code == 422 and "Give a reason" in missing_reason.text
     done = admin_client.form(f"/admin/users/{bob_id}/suspend", {"reason": "Farming sign-up credits"})
     assert done.status_code == 303, done.text
     assert "Suspended. Their sessions ended" in admin_client.get(done.headers["location"]).text
     assert "1 active job(s) were cancelled" in admin_client.get(done.headers["location"]).text
-    del page
 
     # the session ended: bob is a visitor again
     assert bob.get("/").status_code == 200 and 'href="/login"' in bob.get("/").text
@@ -260,8 +258,6 @@ def test_grant_with_a_reason_writes_the_ledger_the_balance_and_the_audit_log(adm
     ]
     user_page = admin_client.get(f"/admin/users/{cara}").text
     assert "From the operator: Sorry for the outage" in user_page and "+500 credits" in user_page
-    # the user sees it in their history
-    assert admin.find_users is not None
 
 
 def test_audit_page_lists_every_action_newest_first(admin_client, make_client, settings):
