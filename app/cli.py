@@ -1,4 +1,4 @@
-"""The web side of the `gouache` command: web, dev, janitor, db, credits.
+"""The web side of the `gouache` command: web, dev, janitor, db, credits, users.
 
 The worker side (worker, generate, train-demo) lives in ``workers/cli.py``, which adds
 these commands to its own and is what the ``gouache`` script runs: app/ never imports
@@ -22,6 +22,8 @@ db_cli = typer.Typer(help="Database migrations.", no_args_is_help=True)
 cli.add_typer(db_cli, name="db")
 credits_cli = typer.Typer(help="Credits: grant them, look up a balance, audit the ledger.", no_args_is_help=True)
 cli.add_typer(credits_cli, name="credits")
+users_cli = typer.Typer(help="Accounts: make or revoke admins.", no_args_is_help=True)
+cli.add_typer(users_cli, name="users")
 
 
 def model_queues(models: str | None) -> str:
@@ -155,6 +157,50 @@ def credits_audit() -> None:
     raise typer.Exit(1)
 
 
+def _set_admin(email: str, is_admin: bool) -> None:
+    from app.admin import service as admin
+    from app.errors import NotFound
+
+    settings = _migrated_settings()
+    try:
+        changed = admin.set_admin(settings, email, is_admin, admin.CLI)
+    except NotFound as e:
+        typer.secho(e.message, fg="red", err=True)
+        raise typer.Exit(1) from None
+    email = email.strip().lower()
+    if is_admin:
+        typer.echo(f"{email} is now an admin: /admin is theirs." if changed else f"{email} is already an admin.")
+    else:
+        typer.echo(f"{email} is no longer an admin." if changed else f"{email} was not an admin.")
+
+
+@users_cli.command("make-admin")
+def users_make_admin(email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address.")) -> None:
+    """Make an account an admin (the admin area at /admin), recorded in the audit log."""
+    _set_admin(email, True)
+
+
+@users_cli.command("revoke-admin")
+def users_revoke_admin(email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address.")) -> None:
+    """Take an account's admin rights away, recorded in the audit log."""
+    _set_admin(email, False)
+
+
+def _share_http_metrics(data_dir) -> None:
+    """Several web processes answer /metrics in turn: prometheus-client's multiprocess
+    mode makes each one's HTTP latency part of every answer. Its folder must be empty when
+    the processes start (an operator's own PROMETHEUS_MULTIPROC_DIR is left as it is)."""
+    import os
+    import shutil
+
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        return
+    folder = data_dir / "metrics"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(folder)  # the uvicorn workers inherit it
+
+
 @cli.command()
 def web(
     host: str = "127.0.0.1",
@@ -172,6 +218,8 @@ def web(
     except migrate.NotMigrated as e:
         typer.secho(str(e), fg="red", err=True)
         raise typer.Exit(1) from None
+    if workers > 1:
+        _share_http_metrics(get_settings().data_dir)
 
     uvicorn.run("app.main:create_app", factory=True, host=host, port=port, proxy_headers=True, workers=workers)
 

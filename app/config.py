@@ -176,6 +176,9 @@ class Settings(BaseSettings):
     # One account gets at most one confirmation or reset email this often (the rest are
     # answered as sent): the forms can't be used to flood someone's inbox.
     email_link_cooldown_s: int = Field(default=60, ge=0)
+    # Operator (admin area, /metrics): with a token, /metrics wants `Authorization: Bearer
+    # <token>`; without one, it answers only requests from this machine (loopback).
+    metrics_token: str = ""
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

@@ -52,3 +52,14 @@ class LinkError(UserError):
     def __init__(self, message: str, *, expired: bool = False):
         super().__init__(message)
         self.expired = expired
+
+
+class AccountSuspended(UserError):
+    """An operator suspended this account: it may not log in or generate."""
+
+    status_code = 403
+
+    def __init__(
+        self, message: str = "This account is suspended. If you think this is a mistake, contact the operator."
+    ):
+        super().__init__(message)

@@ -11,6 +11,9 @@ from starlette.concurrency import run_in_threadpool
 from app import migrate
 from app.accounts.routes import router as accounts_router
 from app.accounts.throttle import Throttle
+from app.admin.metrics import HttpMetrics
+from app.admin.routes import metrics_router
+from app.admin.routes import router as admin_router
 from app.config import REPO_ROOT, Settings, get_settings
 from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
@@ -90,6 +93,9 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.include_router(credits_router, dependencies=refilled)
     app.include_router(generation_api, dependencies=refilled)
     app.include_router(stripe_router)
+    app.include_router(admin_router, dependencies=refilled)
     app.include_router(ops_router)  # probes: no user, no refill
+    app.include_router(metrics_router)  # Prometheus: a token or loopback, no user
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
+    app.add_middleware(HttpMetrics)  # outermost: times every request, labelled by its route template
     return app

@@ -31,6 +31,7 @@ class CurrentUser:
     email: str
     balance: int
     verified: bool = True  # the email address is confirmed (the banner asks until it is)
+    is_admin: bool = False
 
 
 def optional_user(request: Request) -> CurrentUser | None:
@@ -38,7 +39,11 @@ def optional_user(request: Request) -> CurrentUser | None:
     if "user" not in request.state._state:
         with reading(get_app_settings(request)) as session:
             user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
-        request.state.user = CurrentUser(user.id, user.email, user.balance, user.verified) if user else None
+        request.state.user = (
+            CurrentUser(user.id, user.email, user.balance, verified=user.verified, is_admin=user.is_admin)
+            if user
+            else None
+        )
     return request.state.user
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import CheckConstraint, Float, ForeignKey, Index, Integer, String
+from sqlalchemy import Boolean, CheckConstraint, Float, ForeignKey, Index, Integer, String, false
 from sqlalchemy.orm import Mapped, mapped_column
 
 from app.db import Base, utcnow
@@ -28,6 +28,12 @@ class User(Base):
     @property
     def verified(self) -> bool:
         return self.email_verified_at is not None
+
+    # The operator's: admins see /admin (`gouache users make-admin`); a suspended account
+    # cannot log in or generate (app/admin/service.py sets these, with an audit row).
+    is_admin: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    suspended_at: Mapped[datetime | None]
+    suspension_reason: Mapped[str] = mapped_column(String(500), default="", server_default="")
 
 
 class LoginSession(Base):

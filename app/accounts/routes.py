@@ -41,8 +41,9 @@ def _logged_out(to: str) -> RedirectResponse:
 
 
 def _form_error(request: Request, template: str, error: UserError, email: str):
-    """The form again with the error: 422, or the throttle's 429 / a busy 503 with Retry-After."""
-    status = error.status_code if error.status_code in (429, 503) else 422
+    """The form again with the error at its own status (422 for a typo, 403 for a suspended
+    account, the throttle's 429 or a busy 503 with Retry-After)."""
+    status = error.status_code
     response = render(request, template, status_code=status, form={"email": email}, error=error)
     if retry_after := getattr(error, "retry_after", None):
         response.headers["Retry-After"] = str(retry_after)

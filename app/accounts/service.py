@@ -17,7 +17,7 @@ from app.accounts.models import CHANGE_EMAIL, RESET, VERIFY, AccountToken, Login
 from app.accounts.throttle import GatedHasher
 from app.config import Settings
 from app.db import utcnow
-from app.errors import LinkError, UserError
+from app.errors import AccountSuspended, LinkError, UserError
 
 # argon2id with the library's current recommended parameters; a bounded number at once per
 # process (app/accounts/throttle.py), so hashing cannot be used to burn the server's CPU
@@ -92,9 +92,20 @@ def authenticate(session: Session, email: str, password: str) -> User:
         _hasher.verify(user.password_hash, password)
     except (VerificationError, InvalidHashError):
         raise wrong from None
+    if user.suspended_at is not None:  # told only to whoever knows the password
+        raise AccountSuspended()
     if _hasher.check_needs_rehash(user.password_hash):
         user.password_hash = _hasher.hash(password)
     return user
+
+
+def ensure_not_suspended(session: Session, user_id: int) -> None:
+    """Raise AccountSuspended if an operator suspended the account. Reads the row locked
+    (PostgreSQL: FOR UPDATE), so in the caller's transaction a concurrent suspension lands
+    either before (refused here) or after (and then finds, and cancels, what this made)."""
+    suspended = session.execute(select(User.suspended_at).where(User.id == user_id).with_for_update()).scalar()
+    if suspended is not None:
+        raise AccountSuspended()
 
 
 def _token_id(token: str) -> str:

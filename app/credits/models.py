@@ -29,7 +29,8 @@ class LedgerEntry(Base):
     reference: Mapped[str] = mapped_column(String(255), default="")
     job_id: Mapped[str | None] = mapped_column(String(36), index=True)
     memo: Mapped[str] = mapped_column(String(255), default="")
-    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # Indexed for the operator's reads by time (the money page, /metrics' new entries).
+    created_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
 
 
 PENDING, PAID, CANCELED = "pending", "paid", "canceled"

@@ -81,7 +81,7 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     # Last sign of life from the worker (claim, each renewal).
     heartbeat_at: Mapped[datetime | None]
-    finished_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None] = mapped_column(index=True)  # the operator's reads by time
     # Transactional enqueue: NULL until the broker accepted the job's message (the row
     # and its hold commit first); the janitor sends a queued job still NULL.
     sent_at: Mapped[datetime | None]

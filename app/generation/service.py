@@ -16,6 +16,7 @@ from sqlalchemy import ColumnElement, CursorResult, Update, and_, delete, func, 
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from app.accounts import service as accounts
 from app.accounts.models import User
 from app.config import Settings
 from app.credits import ledger
@@ -210,6 +211,7 @@ def _create_and_hold(settings: Settings, job: Job, inputs: Inputs, memo: str) ->
     job.mask_key = _store_input(storage, job, "mask", inputs.mask_png)
     try:
         with transaction(settings) as session:
+            accounts.ensure_not_suspended(session, job.user_id)
             _check_active_cap(session, settings, job.user_id)
             session.add(job)
             session.flush()

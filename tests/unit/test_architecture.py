@@ -5,7 +5,7 @@ so a cycle or a wrong-way import fails here, named, before it confuses a reader.
   an import inside a function.
 - ``app/`` (the web process and the services) never imports ``workers/`` or ``tools/``: tasks
   are sent by name (``app/queue.py``) and the web process never loads torch.
-- The domains stack up: ``accounts`` < ``credits`` and ``gallery`` < ``generation``. Routes are
+- The domains stack up: ``accounts`` < ``credits`` and ``gallery`` < ``generation`` < ``admin``. Routes are
   the top layer and may compose several domains; below them no domain imports one above it.
   Imports under ``if TYPE_CHECKING:`` are for the type checker only and do not count.
 """
@@ -22,7 +22,7 @@ from app.config import REPO_ROOT
 
 PACKAGES = ("app", "workers", "tools")
 # Lower domains first: a domain may import the ones before it, never the ones after.
-DOMAIN_ORDER = ("storage", "mail", "accounts", "credits", "gallery", "generation", "erasure")
+DOMAIN_ORDER = ("storage", "mail", "accounts", "credits", "gallery", "generation", "erasure", "admin")
 
 
 def _module_name(path: Path) -> str:
