@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any, Generic, TypeVar, cast
 
-from sqlalchemy import ColumnElement, case, delete, func, literal, select
+from sqlalchemy import ColumnElement, case, delete, func, literal, select, update
 from sqlalchemy.orm import Session, aliased
 
 from app.accounts.models import LoginSession, User
@@ -70,6 +70,14 @@ def record(
     session.add(row)
     session.flush()
     return row
+
+
+def forget_user(session: Session, user_id: int) -> None:
+    """A deleted account's address leaves the audit log too: the rows stay (what was done,
+    when, why), naming the tombstone instead. The only change ever made to those rows."""
+    tombstone = f"deleted-{user_id}@invalid"
+    session.execute(update(AdminAction).where(AdminAction.target_user_id == user_id).values(target=tombstone))
+    session.execute(update(AdminAction).where(AdminAction.actor_id == user_id).values(actor=tombstone))
 
 
 def _reason(reason: str) -> str:

@@ -13,6 +13,8 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from app.accounts.models import AccountToken, LoginSession, User
+from app.admin import service as admin
+from app.admin.models import AdminAction
 from app.credits import ledger
 from app.credits.models import PAID, LedgerEntry, Purchase
 from app.db import transaction
@@ -117,6 +119,7 @@ def test_deleting_an_account_leaves_nothing_of_theirs_in_storage(storage_setting
 def test_the_ledger_keeps_its_rows_on_an_anonymous_tombstone(any_db_settings):
     settings = any_db_settings
     ada, ada_id, bob_id, held = a_studio_life(settings)
+    assert admin.grant(settings, admin.CLI, ada_id, 5, "a goodwill gesture", request_id="goodwill")
     with transaction(settings) as session:
         entries_before = set(session.scalars(select(LedgerEntry.id).where(LedgerEntry.user_id == ada_id)))
         balance_before = ledger.balance(session, ada_id)
@@ -148,6 +151,8 @@ def test_the_ledger_keeps_its_rows_on_an_anonymous_tombstone(any_db_settings):
         assert ledger.audit(session) == []
         assert session.scalar(select(func.count()).select_from(Purchase).where(Purchase.user_id == ada_id)) == 1
         assert session.scalar(select(func.count()).select_from(Image).where(Image.user_id == bob_id)) == 1
+        audit = session.scalars(select(AdminAction).where(AdminAction.target_user_id == ada_id)).all()
+        assert [(a.action, a.target) for a in audit] == [("grant", f"deleted-{ada_id}@invalid")]  # no address left
 
     replay = TestClient(ada.http.app, follow_redirects=False, cookies={"gouache_session": cookie})
     assert replay.get("/account").status_code == 303
