@@ -126,6 +126,9 @@ class AttemptWriter:
         self.cancel_requested = lease.cancel_requested
         if not lease.held:
             self.held = False
-            log.warning("job %s: attempt %d no longer holds the job", self.job_id, self.attempt)
-            if key and service.status_of(self.settings, self.job_id) in service.FINISHED:
+            finished = service.status_of(self.settings, self.job_id) in service.FINISHED
+            if not finished:  # requeued by the janitor: worth an operator's attention
+                log.warning("job %s: attempt %d no longer holds the job", self.job_id, self.attempt)
+            # (finished: this attempt just recorded it, or its owner cancelled it; nothing to say)
+            if key and finished:
                 self.storage.delete(key)  # a late preview of a job that ended meanwhile
