@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from app.config import Settings
+from app.errors import UserError
 
 
 def utcnow() -> datetime:
@@ -71,6 +72,16 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _refuse_nul_text(_conn, _cursor, _statement, parameters, _context, executemany) -> None:
+    """Text with a NUL character is refused before it reaches the database, on every
+    dialect alike: PostgreSQL rejects it (an error, not a bad request), SQLite would keep it.
+    Whatever a request carries (a path id, a filter, a prompt, an email), it is a 4xx."""
+    for row in parameters if executemany else (parameters,):
+        for value in (row.values() if isinstance(row, dict) else row) or ():
+            if isinstance(value, str) and "\x00" in value:
+                raise UserError("Text can't contain NUL characters (\\x00).")
+
+
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -78,6 +89,7 @@ def _engine_for(url: str) -> Engine:
         _configure_sqlite(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "before_cursor_execute", _refuse_nul_text)
     return engine
 
 
