@@ -57,9 +57,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         migrate.check_current(settings)  # refuse to serve an un-migrated database
 
     # The API docs are served from our own route (Swagger UI from static/, not a CDN); no ReDoc.
-    app = FastAPI(
-        title="Gouache", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json"
-    )
+    app = FastAPI(title="Gouache", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.settings = settings
 
     # Innermost first: the body limit runs inside the headers, so a 413 gets them too.
@@ -109,7 +107,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             swagger_favicon_url="/static/favicon.svg",
         )
         nonce = csp_nonce(request)
-        html = page.body.decode().replace("<script>", f'<script nonce="{nonce}">')
+        html = bytes(page.body).decode().replace("<script>", f'<script nonce="{nonce}">')
         return HTMLResponse(html)
 
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")

@@ -172,7 +172,8 @@ def is_secure(request: Request) -> bool:
 
 def add_security_headers(request: Request, response: Response, settings: Settings) -> None:
     headers = response.headers
-    headers.setdefault("Content-Security-Policy", content_security_policy(settings, request.state._state.get("csp_nonce")))
+    nonce = request.state._state.get("csp_nonce")
+    headers.setdefault("Content-Security-Policy", content_security_policy(settings, nonce))
     headers.setdefault("Permissions-Policy", PERMISSIONS_POLICY)
     headers.setdefault("X-Content-Type-Options", "nosniff")
     headers.setdefault("X-Frame-Options", "DENY")

@@ -106,7 +106,10 @@ def test_uploads_keep_their_own_limit_above_the_body_limit(small_limits):
     assert SMALL_BODY < len(image) < 64 * 1024
     fields = {"mode": "img2img", "prompt": "a sea", "steps": "4"}
     ok = c.http.post(
-        "/api/v1/generations", data=fields, files={"image": ("a.png", image, "image/png")}, headers={"X-CSRF-Token": c.csrf}
+        "/api/v1/generations",
+        data=fields,
+        files={"image": ("a.png", image, "image/png")},
+        headers={"X-CSRF-Token": c.csrf},
     )
     assert ok.status_code == 202, ok.text
     too_big = image + b"\0" * (64 * 1024)
@@ -202,9 +205,7 @@ def test_api_docs_load_swagger_ui_from_our_own_static_files_under_a_nonce(client
 def test_a_request_from_another_site_is_refused_even_with_the_token(user_client):
     c = user_client
     for headers in ({"Origin": "https://evil.example"}, {"Origin": "null"}, {"Referer": "https://evil.example/x"}):
-        api = c.http.post(
-            "/api/v1/generations", json={"prompt": "a fox"}, headers={"X-CSRF-Token": c.csrf, **headers}
-        )
+        api = c.http.post("/api/v1/generations", json={"prompt": "a fox"}, headers={"X-CSRF-Token": c.csrf, **headers})
         assert api.status_code == 403, headers
         assert "came from another site" in api.json()["error"]
         page = c.http.post("/collections", data={"name": "Foxes", "csrf_token": c.csrf}, headers=headers)
