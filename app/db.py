@@ -72,14 +72,22 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
-def _refuse_nul_text(_conn, _cursor, _statement, parameters, _context, executemany) -> None:
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    if isinstance(value, (list, tuple)):  # one row, several (executemany), or a batch's flat values
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _refuse_nul_text(_conn, _cursor, _statement, parameters, _context, _executemany) -> None:
     """Text with a NUL character is refused before it reaches the database, on every
     dialect alike: PostgreSQL rejects it (an error, not a bad request), SQLite would keep it.
     Whatever a request carries (a path id, a filter, a prompt, an email), it is a 4xx."""
-    for row in parameters if executemany else (parameters,):
-        for value in (row.values() if isinstance(row, dict) else row) or ():
-            if isinstance(value, str) and "\x00" in value:
-                raise UserError("Text can't contain NUL characters (\\x00).")
+    if _has_nul(parameters):
+        raise UserError("Text can't contain NUL characters (\\x00).")
 
 
 @lru_cache(maxsize=8)

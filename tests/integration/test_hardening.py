@@ -296,3 +296,23 @@ def test_an_outpainted_frame_is_held_to_the_aspect_limit(user_client):
         headers={"X-CSRF-Token": c.csrf},
     )
     assert fine.status_code == 202, fine.text
+
+
+# ---- text with NUL --------------------------------------------------------------------------
+
+
+def test_text_with_nul_is_refused_before_the_database_and_batches_still_insert(any_db_settings):
+    from sqlalchemy import func, select
+
+    from app.accounts.models import User
+    from app.db import transaction
+    from app.errors import UserError
+
+    with transaction(any_db_settings) as session:  # several rows in one INSERT (insertmanyvalues)
+        session.add_all([User(email=f"batch-{i}@example.com", password_hash="x", balance=0) for i in range(3)])
+    with pytest.raises(UserError, match="NUL"), transaction(any_db_settings) as session:
+        session.add_all([User(email="ok@example.com", password_hash="x"), User(email="a\x00b", password_hash="x")])
+    with transaction(any_db_settings) as session:
+        assert session.scalar(select(func.count()).select_from(User)) == 3
+        with pytest.raises(UserError, match="NUL"):
+            session.scalar(select(User).where(User.email == "\x00"))
