@@ -179,6 +179,13 @@ class Settings(BaseSettings):
     # Operator (admin area, /metrics): with a token, /metrics wants `Authorization: Bearer
     # <token>`; without one, it answers only requests from this machine (loopback).
     metrics_token: str = ""
+    # Hardening (app/security.py). The largest request body in bytes (a JSON or form
+    # request, Stripe's webhook); a form with uploads (the generate form, the API's
+    # multipart) may carry its image and mask, max_upload_bytes each, on top. A larger
+    # body is refused with HTTP 413 before it is read.
+    max_body_bytes: int = Field(default=1024 * 1024, ge=4096)
+    # Strict-Transport-Security's max-age on responses over https (0: not sent).
+    hsts_max_age_s: int = Field(default=365 * 24 * 3600, ge=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

@@ -12,6 +12,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from app.config import Settings
+from app.errors import UserError
 
 
 def utcnow() -> datetime:
@@ -71,6 +72,24 @@ def _configure_sqlite(engine: Engine) -> None:
         conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
 
 
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_has_nul(v) for v in value.values())
+    if isinstance(value, (list, tuple)):  # one row, several (executemany), or a batch's flat values
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+def _refuse_nul_text(_conn, _cursor, _statement, parameters, _context, _executemany) -> None:
+    """Text with a NUL character is refused before it reaches the database, on every
+    dialect alike: PostgreSQL rejects it (an error, not a bad request), SQLite would keep it.
+    Whatever a request carries (a path id, a filter, a prompt, an email), it is a 4xx."""
+    if _has_nul(parameters):
+        raise UserError("Text can't contain NUL characters (\\x00).")
+
+
 @lru_cache(maxsize=8)
 def _engine_for(url: str) -> Engine:
     if url.startswith("sqlite"):
@@ -78,6 +97,7 @@ def _engine_for(url: str) -> Engine:
         _configure_sqlite(engine)
     else:
         engine = create_engine(url, pool_pre_ping=True)
+    event.listen(engine, "before_cursor_execute", _refuse_nul_text)
     return engine
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.openapi.docs import get_swagger_ui_html
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 
@@ -23,6 +24,7 @@ from app.generation.catalog import get_catalog
 from app.generation.routes import api as generation_api
 from app.generation.routes import router as generation_router
 from app.ops.routes import router as ops_router
+from app.security import BodyLimit, add_security_headers, csp_nonce
 from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
 
 
@@ -35,15 +37,44 @@ async def _render(request: Request, template: str, **kw):
     return await run_in_threadpool(render, request, template, **kw)
 
 
+async def user_error_response(request: Request, exc: UserError):
+    """A user's error: JSON under /api/, else a page, or the form's error for htmx; with
+    ``Retry-After`` when the error says when to come back (throttles' 429, a busy 503)."""
+    response = await _user_error_body(request, exc)
+    if retry_after := getattr(exc, "retry_after", None):
+        response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+async def _user_error_body(request: Request, exc: UserError):
+    if _wants_json(request):
+        return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status_code)
+    if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):
+        return RedirectResponse("/login", status_code=303)
+    if is_htmx(request):
+        response = await _render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
+        if isinstance(exc, NotAuthenticated):
+            response.headers["HX-Redirect"] = "/login"
+        return response
+    return await _render(request, "error.html", status_code=exc.status_code, error=exc)
+
+
+SWAGGER_UI = "vendor/swagger-ui"  # from the swagger-ui-dist npm package (scripts/install)
+
+
 def create_app(settings: Settings | None = None, *, check_migrations: bool = True) -> FastAPI:
     settings = settings or get_settings()
     get_catalog(settings)  # a broken catalog stops the start, naming the file and the entry
     if check_migrations:
         migrate.check_current(settings)  # refuse to serve an un-migrated database
 
-    app = FastAPI(title="Gouache", version="0.1.0", docs_url="/api/docs", openapi_url="/api/openapi.json")
+    # The API docs are served from our own route (Swagger UI from static/, not a CDN); no ReDoc.
+    app = FastAPI(title="Gouache", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
     app.state.settings = settings
     app.state.throttle = Throttle(settings)  # failed logins, sign-ups, password-hashing turns
+
+    # Innermost first: the body limit runs inside the headers, so a 413 gets them too.
+    app.add_middleware(BodyLimit, settings=settings, error_response=user_error_response)
 
     @app.middleware("http")
     async def csrf_cookie_and_headers(request: Request, call_next):
@@ -51,29 +82,10 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         response = await call_next(request)
         if request.cookies.get(CSRF_COOKIE) != token:
             response.set_cookie(CSRF_COOKIE, token, httponly=True, samesite="lax", secure=is_secure(request), path="/")
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
+        add_security_headers(request, response, settings)
         return response
 
-    @app.exception_handler(UserError)
-    async def user_error(request: Request, exc: UserError):
-        response = await _user_error(request, exc)
-        if retry_after := getattr(exc, "retry_after", None):  # throttles (429) and a busy server (503)
-            response.headers["Retry-After"] = str(retry_after)
-        return response
-
-    async def _user_error(request: Request, exc: UserError):
-        if _wants_json(request):
-            return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status_code)
-        if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):
-            return RedirectResponse("/login", status_code=303)
-        if is_htmx(request):
-            response = await _render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
-            if isinstance(exc, NotAuthenticated):
-                response.headers["HX-Redirect"] = "/login"
-            return response
-        return await _render(request, "error.html", status_code=exc.status_code, error=exc)
+    app.add_exception_handler(UserError, user_error_response)  # type: ignore[arg-type]
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
@@ -96,6 +108,23 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     app.include_router(admin_router, dependencies=refilled)
     app.include_router(ops_router)  # probes: no user, no refill
     app.include_router(metrics_router)  # Prometheus: a token or loopback, no user
+
+    @app.get("/api/docs", include_in_schema=False)
+    async def api_docs(request: Request) -> HTMLResponse:
+        """Swagger UI, offline: its files from static/, its inline start-up script
+        allowed by this response's CSP nonce."""
+        static = f"/static/{SWAGGER_UI}"
+        page = get_swagger_ui_html(
+            openapi_url="/api/openapi.json",
+            title="Gouache API",
+            swagger_js_url=f"{static}/swagger-ui-bundle.js",
+            swagger_css_url=f"{static}/swagger-ui.css",
+            swagger_favicon_url="/static/favicon.svg",
+        )
+        nonce = csp_nonce(request)
+        html = bytes(page.body).decode().replace("<script>", f'<script nonce="{nonce}">')
+        return HTMLResponse(html)
+
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     app.add_middleware(HttpMetrics)  # outermost: times every request, labelled by its route template
     return app

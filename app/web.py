@@ -12,6 +12,8 @@ from app.accounts import service as accounts
 from app.config import REPO_ROOT, Settings
 from app.db import reading
 from app.errors import CsrfFailed, NotAuthenticated
+from app.security import check_origin
+from app.security import is_secure as is_secure  # routes set cookies' Secure flag by it
 
 SESSION_COOKIE = "gouache_session"
 CSRF_COOKIE = "gouache_csrf"
@@ -69,9 +71,11 @@ def csrf_token(request: Request) -> str:
 
 
 async def verify_csrf(request: Request) -> None:
-    """Unsafe methods must echo the CSRF cookie in a header (htmx, API) or a form field."""
+    """Unsafe methods must come from this site (``Origin``/``Referer``, when sent) and
+    echo the CSRF cookie in a header (htmx, API) or a form field."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
         return
+    check_origin(request, get_app_settings(request))
     cookie = request.cookies.get(CSRF_COOKIE)
     sent = request.headers.get(CSRF_HEADER)
     if sent is None and request.headers.get("content-type", "").startswith(
@@ -81,10 +85,6 @@ async def verify_csrf(request: Request) -> None:
         sent = field if isinstance(field, str) else None
     if not cookie or not sent or not secrets.compare_digest(str(cookie), str(sent)):
         raise CsrfFailed("The security token of this request is missing or stale. Reload the page and try again.")
-
-
-def is_secure(request: Request) -> bool:
-    return request.url.scheme == "https"
 
 
 def render(request: Request, template: str, status_code: int = 200, **context):

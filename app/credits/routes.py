@@ -3,7 +3,7 @@ from __future__ import annotations
 import logging
 
 import stripe
-from fastapi import APIRouter, Depends, Form, Request
+from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
 
 from app.credits import pricing, service, webhooks
@@ -19,6 +19,7 @@ stripe_router = APIRouter()  # signed by Stripe, not by a browser: no session, n
 
 PRICING_SIZES = (256, 512, 768, 1024)
 PRICING_STEPS = (10, 20, 30, 50)
+MAX_HISTORY_PAGE = 1_000_000  # a page number is an SQL offset: keep it within the database's integers
 
 
 def monthly_refill(request: Request) -> None:
@@ -55,7 +56,7 @@ def pricing_page(request: Request, user: CurrentUser | None = Depends(optional_u
 @router.get("/billing")
 def billing_page(
     request: Request,
-    page: int = 1,
+    page: int = Query(default=1, le=MAX_HISTORY_PAGE),
     paid: str | None = None,
     canceled: bool = False,
     user: CurrentUser = Depends(require_user),

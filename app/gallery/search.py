@@ -166,7 +166,7 @@ def _filtered(session: Session, user_id: int, filters: Filters, *, from_search: 
         query = query.where(Image.favourite == true())
     if filters.date_from:
         query = query.where(Image.created_at >= datetime.combine(filters.date_from, datetime.min.time(), UTC))
-    if filters.date_to:
+    if filters.date_to and filters.date_to < date.max:  # up to the last day there is: no end
         end = datetime.combine(filters.date_to + timedelta(days=1), datetime.min.time(), UTC)
         query = query.where(Image.created_at < end)
     if filters.collection:
@@ -199,11 +199,12 @@ class Cursor:
             raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
             when, image_id = raw.split("|", 1)
             created_at = datetime.fromisoformat(when)
-            if created_at.tzinfo is None or not image_id:
+            if created_at.tzinfo is None or not image_id or len(image_id) > 64:
                 raise ValueError
-        except (ValueError, binascii.Error, UnicodeDecodeError):
+            created_at = created_at.astimezone(UTC)  # OverflowError past year 9999 or before year 1
+        except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError):
             raise UserError("That page link is broken; start again from the first page.", field="after") from None
-        return cls(created_at.astimezone(UTC), image_id)
+        return cls(created_at, image_id)
 
     @classmethod
     def of(cls, image: Image) -> Cursor:

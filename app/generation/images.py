@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 
 from app.enums import Mode
 from app.errors import UserError
-from app.generation.schemas import Extend
+from app.generation.schemas import MAX_ASPECT, MIN_SIZE, Extend
 
 ACCEPTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
 
@@ -68,6 +68,21 @@ def open_upload(data: bytes, *, field: str, label: str, limits: UploadLimits) ->
 
 
 MIN_SIDE = 64
+
+
+def check_sides(size: tuple[int, int], *, field: str = "image", what: str = "The image") -> None:
+    """An image mode's source (and an outpainted frame) is held to a requested size's
+    rules: each side at least :data:`MIN_SIZE` pixels, no wider or taller than
+    :data:`MAX_ASPECT`:1. Fitting a 1×100000 strip would otherwise make an 8×512 image."""
+    w, h = size
+    if min(w, h) < MIN_SIZE:
+        raise UserError(f"{what} is {w}×{h} pixels; each side must be at least {MIN_SIZE} pixels.", field=field)
+    if max(w, h) > MAX_ASPECT * min(w, h):
+        raise UserError(
+            f"{what} is {w}×{h} pixels, longer than {MAX_ASPECT:g}:1; "
+            f"crop it to a ratio between 1:{MAX_ASPECT:g} and {MAX_ASPECT:g}:1.",
+            field=field,
+        )
 
 
 def fitted_size(size: tuple[int, int], default_size: int, max_size: int, multiple: int) -> tuple[int, int]:

@@ -70,13 +70,24 @@ def _form_source_size(settings: Settings, user_id: int, data: Mapping[str, Any])
         return None
     try:
         size = int(data["source_width"]), int(data["source_height"])
-    except ValueError:
+    except (TypeError, ValueError):
         return None
-    return size if min(size) >= 1 else None
+    if min(size) < 1:
+        return None
+    if size[0] * size[1] > settings.max_upload_pixels:  # the upload will be refused: say so now
+        raise UserError(
+            f"The image is {size[0]}×{size[1]} pixels; the limit is {settings.max_upload_pixels / 1e6:.0f} megapixels.",
+            field="image",
+        )
+    return size
 
 
-def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, int]) -> tuple[int, int]:
-    """The size an image-mode job makes from a source of ``source_size``."""
+def output_size(
+    settings: Settings, req: QuoteRequest, source_size: tuple[int, int], field: str = "image"
+) -> tuple[int, int]:
+    """The size an image-mode job makes from a source of ``source_size`` (checked like a
+    requested size: :func:`images.check_sides`)."""
+    images.check_sides(source_size, field=field)
     w, h = source_size
     model = get_catalog(settings).get(req.model)
     m = model.size_multiple
@@ -92,7 +103,17 @@ def output_size(settings: Settings, req: QuoteRequest, source_size: tuple[int, i
         return out_w, out_h
     fitted = work_size(model, (w, h))
     if req.mode == Mode.OUTPAINT:
-        return images.outpaint_size(fitted, (req.extend or Extend()).scaled(fitted[0] / w), model.max_size, m)
+        extend = (req.extend or Extend()).scaled(fitted[0] / w)
+        frame = fitted[0] + extend.left + extend.right, fitted[1] + extend.top + extend.bottom
+        images.check_sides(frame, field="extend_left", what="The extended frame")
+        out = images.outpaint_size(fitted, extend, model.max_size, m)
+        if min(out) < MIN_SIZE:
+            raise UserError(
+                f"The extended frame ({frame[0]}×{frame[1]}) would be shrunk to {out[0]}×{out[1]} to fit "
+                f"this model's {model.max_size}-pixel limit; extend it less.",
+                field="extend_left",
+            )
+        return out
     return fitted
 
 

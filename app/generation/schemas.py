@@ -6,6 +6,7 @@ they accept and refuse exactly the same things with the same messages.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,13 +16,14 @@ from pydantic import BaseModel
 
 from app.config import Settings
 from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
-from app.errors import UserError
+from app.errors import NotFound, UserError
 from app.generation import blocklist, prompt_params
 from app.generation.catalog import ModelSpec, get_catalog
 
 MAX_SEED = 2**32 - 1
 MIN_SIZE = 64
 MAX_GUIDANCE = 30.0
+MAX_ID_CHARS = 36  # a gallery image's id is a UUID
 MAX_ASPECT = 4.0  # wider or taller than 4:1 is refused: models make repeated subjects there
 
 _SAMPLER_ALIASES = {
@@ -100,7 +102,7 @@ def _int(data: Mapping[str, Any], field: str, label: str, default: int | None = 
     if _blank(value):
         return default
     try:
-        if isinstance(value, float) and not value.is_integer():
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
             raise ValueError
         return int(str(value).strip()) if not isinstance(value, (int, float)) else int(value)
     except (TypeError, ValueError):
@@ -175,12 +177,16 @@ def _float(data: Mapping[str, Any], field: str, label: str) -> float | None:
     if _blank(value):
         return None
     try:
+        if isinstance(value, bool):
+            raise ValueError
         number = float(value)
     except (TypeError, ValueError):
         raise UserError(f"{label} must be a number.", field=field) from None
+    except OverflowError:  # a whole number too large for a float (JSON's 1 and 400 zeros)
+        number = math.inf if value > 0 else -math.inf
     if number != number:  # NaN
         raise UserError(f"{label} must be a number.", field=field)
-    return number
+    return number  # ±inf stays: the caller's range check names the limits
 
 
 def _mode_fields(data: Mapping[str, Any]) -> dict[str, Any]:
@@ -276,20 +282,18 @@ def parse_request(data: Mapping[str, Any], settings: Settings) -> GenerationRequ
             f"The negative prompt is longer than {settings.max_prompt_chars} characters.", field="negative_prompt"
         )
     quote = parse_quote(data, settings)
-    raw_guidance: Any = data.get("guidance")
-    try:
-        guidance = (
-            get_catalog(settings).get(quote.model).default_guidance if _blank(raw_guidance) else float(raw_guidance)
-        )
-    except (TypeError, ValueError):
-        raise UserError("Guidance must be a number.", field="guidance") from None
-    if guidance != guidance:  # NaN
-        raise UserError("Guidance must be a number.", field="guidance")
+    guidance = _float(data, "guidance", "Guidance")
+    if guidance is None:
+        guidance = get_catalog(settings).get(quote.model).default_guidance
     _in_range(guidance, 0, MAX_GUIDANCE, "guidance", "Guidance")
     seed = _int(data, "seed", "Seed")
     if seed is not None:
         _in_range(seed, 0, MAX_SEED, "seed", "Seed")
     source_image_id = str(data.get("source_image") or "").strip() or None
+    if quote.mode == "txt2img":
+        source_image_id = None  # text to image starts from nothing
+    elif source_image_id is not None and len(source_image_id) > MAX_ID_CHARS:
+        raise NotFound("No such image.")
     if quote.mode in ("variation", "upscale") and source_image_id is None:
         raise UserError("Choose an image from your gallery.", field="source_image")
     return GenerationRequest(

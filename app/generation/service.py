@@ -128,7 +128,7 @@ def prepare_inputs(
     source, prompt, negative = _source(settings, user_id, req, uploads)
     if not prompt:
         raise UserError("Describe the image you want in the prompt.", field="prompt")
-    width, height = quote.output_size(settings, req, source.size)
+    width, height = quote.output_size(settings, req, source.size, "source_image" if req.source_image_id else "image")
     model = get_catalog(settings).get(req.model)
     mask = _upload(settings, uploads, "mask", "the mask") if req.mode == Mode.INPAINT else None
     canvas, mask = images.model_inputs(

@@ -21,6 +21,14 @@
       window.location.assign("/?" + params.toString());
     });
   }
+  // The strength slider shows its value as it moves.
+  const strength = form.querySelector("#strength");
+  const strengthValue = form.querySelector("#strength-value");
+  if (strength && strengthValue) {
+    strength.addEventListener("input", function () {
+      strengthValue.value = strength.value;
+    });
+  }
   const fileInput = form.querySelector("#image");
   const maskInput = form.querySelector("#mask");
   const editor = document.getElementById("mask-editor");

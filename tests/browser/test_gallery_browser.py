@@ -54,7 +54,7 @@ def test_search_filter_favourite_and_collect(gallery_site, page, shoot):
     page.goto(f"{url}/gallery")
     expect(tiles(page)).to_have_count(6)
     expect(tiles(page).first).to_contain_text("a green triangle")  # newest first
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     assert page.locator(".gallery-grid img").first.get_attribute("src").endswith(".webp")
     shoot("gallery-01-images")
 
@@ -111,7 +111,7 @@ def test_search_filter_favourite_and_collect(gallery_site, page, shoot):
     page.locator(".collection-card").click()
     expect(page.get_by_role("heading", name=re.compile("Lighthouses"))).to_be_visible()
     expect(tiles(page)).to_have_count(2)
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     shoot("gallery-06-collection")
 
     # the lightbox: → next, ← previous, Esc back to the same filtered grid

@@ -45,7 +45,7 @@ def test_sign_up_generate_and_see_it_in_the_gallery(live_server, page, shoot):
     tiles = page.locator(".gallery-grid img")
     expect(tiles).to_have_count(2)
     # the grid's thumbnails are new URLs (not cached from the create page): wait for them to load
-    page.wait_for_function("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     shoot("05-gallery")
     page.locator(".gallery-grid a").first.click()
     expect(page.get_by_text("a lighthouse at dusk, gouache")).to_be_visible()
