@@ -7,9 +7,9 @@ import pytest
 from playwright.sync_api import expect
 
 from app.generation.catalog import BUILTIN_TINY_MODEL
-from tests.browser.conftest import web_server
+from tests.browser.conftest import sign_up_in_browser, web_server
 from tests.gallery_data import add_image, user_id
-from tests.support import PASSWORD, make_settings, migrated
+from tests.support import make_settings, migrated
 
 pytestmark = pytest.mark.browser
 
@@ -36,10 +36,7 @@ def test_pages_and_api_docs_work_under_the_csp_with_no_violation(web, page, shoo
     page.on("console", lambda m: console.append(m.text) if m.type in ("error", "warning") else None)
     page.add_init_script(LISTEN)
 
-    page.goto(f"{url}/signup")
-    page.get_by_label("Email").fill("csp@example.com")
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Sign up").click()
+    sign_up_in_browser(page, url, "csp@example.com")  # the sign-up, email and confirm pages under the CSP too
     expect(page.locator("#balance strong")).to_be_visible()
 
     # htmx works: the live quote follows the form
