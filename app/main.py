@@ -14,6 +14,7 @@ from app.accounts.throttle import Throttle
 from app.admin.metrics import HttpMetrics
 from app.admin.routes import metrics_router
 from app.admin.routes import router as admin_router
+from app.apikeys.routes import router as apikeys_router
 from app.config import REPO_ROOT, Settings, get_settings
 from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
     # free credits are applied first. Stripe's webhook is not a user's request.
     refilled = [Depends(monthly_refill)]
     app.include_router(accounts_router, dependencies=refilled)
+    app.include_router(apikeys_router, dependencies=refilled)
     app.include_router(generation_router, dependencies=refilled)
     app.include_router(gallery_router, dependencies=refilled)
     app.include_router(credits_router, dependencies=refilled)

@@ -117,3 +117,107 @@ def test_each_key_is_rate_limited_with_retry_after(make_client, settings, tmp_pa
     refused = script.get("/api/v1/generations/x", headers=bearer(key))
     assert refused.status_code == 429 and int(refused.headers["Retry-After"]) >= 1
     assert script.get("/api/v1/generations/x", headers=bearer(other)).status_code == 404  # each key its own
+
+
+# ---- the API keys page -----------------------------------------------------------------------
+
+
+def _shown_key(html: str) -> str:
+    import re
+
+    found = re.search(r'value="(gch_[A-Za-z0-9_-]+)"', html)
+    assert found, "the new key is not on the page"
+    return found.group(1)
+
+
+def test_the_page_makes_a_key_shown_once_lists_and_revokes_it(user_client, settings):
+    empty = user_client.get("/account/api-keys")
+    assert empty.status_code == 200 and "No keys yet" in empty.text
+    assert "/account/api-keys" in user_client.get("/account").text  # linked from the account page
+
+    made = user_client.form("/account/api-keys", {"name": "  laptop   script "})
+    assert made.status_code == 200 and made.headers["cache-control"] == "no-store"
+    key = _shown_key(made.text)
+    assert "only time it is shown" in made.text
+
+    listed = user_client.get("/account/api-keys")
+    assert key[:12] in listed.text and "laptop script" in listed.text and "Never" in listed.text
+    assert key not in listed.text  # shown once: the list has the prefix only
+    with reading(settings) as session:
+        row = session.query(ApiKey).one()
+        assert row.prefix == key[:12] and row.key_hash != key and key not in row.key_hash
+
+    script = bare(user_client)
+    assert script.get("/api/v1/generations/x", headers=bearer(key)).status_code == 404  # used: it works
+    assert "Never" not in user_client.get("/account/api-keys").text  # last used shows a time
+
+    revoked = user_client.form(f"/account/api-keys/{row.id}/revoke", {})
+    assert revoked.status_code == 303
+    assert "revoked" in user_client.get(revoked.headers["location"]).text
+    assert script.get("/api/v1/generations/x", headers=bearer(key)).status_code == 401
+
+
+def test_a_key_needs_a_name_and_the_page_needs_the_csrf_token(user_client):
+    nameless = user_client.form("/account/api-keys", {"name": "  "})
+    assert nameless.status_code == 422 and "Give the key a name" in nameless.text
+    assert user_client.http.post("/account/api-keys", data={"name": "x"}).status_code == 403
+
+
+def test_nobody_revokes_another_users_key(make_client, settings):
+    ada, bob = make_client(), make_client()
+    ada.sign_up("ada@example.com")
+    bob.sign_up("bob@example.com")
+    key = make_key(settings, "ada@example.com")
+    with reading(settings) as session:
+        key_id = session.query(ApiKey).one().id
+    assert bob.form(f"/account/api-keys/{key_id}/revoke", {}).status_code == 404
+    assert bare(ada).get("/api/v1/generations/x", headers=bearer(key)).status_code == 404  # still works
+
+
+def test_user_bs_key_never_reaches_user_as_jobs(make_client, settings):
+    ada, bob = make_client(), make_client()
+    ada.sign_up("ada@example.com")
+    bob.sign_up("bob@example.com")
+    job = ada.api_post("/api/v1/generations", {"prompt": "ada's fox", "size": "64x64"}).json()
+    bobs = bearer(make_key(settings, "bob@example.com"))
+    script = bare(ada)
+    assert script.get(f"/api/v1/generations/{job['id']}", headers=bobs).status_code == 404
+    assert script.post(f"/api/v1/generations/{job['id']}/cancel", headers=bobs).status_code == 404
+    # and with Ada's browser cookies along, Bob's key still decides who asks
+    assert ada.http.get(f"/api/v1/generations/{job['id']}", headers=bobs).status_code == 404
+
+
+def test_deleting_the_account_deletes_its_keys(user_client, settings):
+    key = make_key(settings, "ada@example.com")
+    from app.erasure.service import delete_account
+    from tests.support import PASSWORD
+
+    delete_account(settings, _user_id(settings, "ada@example.com"), PASSWORD)
+    with reading(settings) as session:
+        assert session.query(ApiKey).count() == 0
+    assert bare(user_client).get("/api/v1/generations/x", headers=bearer(key)).status_code == 401
+
+
+# ---- gouache keys ----------------------------------------------------------------------------
+
+
+def test_cli_create_prints_only_the_key_then_lists_and_revokes(user_client, settings):
+    from tests.integration.test_cli_users import gouache
+
+    made = gouache(settings, "keys", "create", "Ada@example.com", "--name", "backup job")
+    assert made.exit_code == 0, made.output
+    key = made.stdout.strip()
+    assert made.stdout == key + "\n" and key.startswith("gch_") and len(key) == 55
+    assert bare(user_client).get("/api/v1/generations/x", headers=bearer(key)).status_code == 404
+
+    listed = gouache(settings, "keys", "list", "ada@example.com")
+    assert listed.exit_code == 0 and key[:12] in listed.stdout and "backup job" in listed.stdout
+    assert key not in listed.stdout
+
+    revoked = gouache(settings, "keys", "revoke", key[:12])
+    assert revoked.exit_code == 0 and key[:12] in revoked.stdout
+    assert bare(user_client).get("/api/v1/generations/x", headers=bearer(key)).status_code == 401
+    assert gouache(settings, "keys", "list", "ada@example.com").stdout == ""
+    assert "revoked" in gouache(settings, "keys", "list", "ada@example.com", "--revoked").stdout
+    assert gouache(settings, "keys", "revoke", "gch_zzzzzzzz").exit_code == 1
+    assert gouache(settings, "keys", "create", "nobody@example.com", "--name", "x").exit_code == 1
