@@ -15,8 +15,10 @@ PAGE = "/account/api-keys"
 
 
 def _page(request: Request, user: CurrentUser, status_code: int = 200, **context):
-    with reading(get_app_settings(request)) as session:
+    settings = get_app_settings(request)
+    with reading(settings) as session:
         keys = service.list_keys(session, user.id)
+    context["api_base"] = (settings.base_url.rstrip("/") or str(request.base_url).rstrip("/")) + "/v1"
     context.setdefault("error", None)
     context.setdefault("new_key", None)
     context.setdefault("revoked", None)
