@@ -9,6 +9,7 @@ import io
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import openai
@@ -192,6 +193,31 @@ def test_a_job_not_done_in_time_is_cancelled_and_costs_nothing(tmp_path, tiny_mo
             client_for(url, make_key(settings, "ada@example.com")).images.generate(prompt=PROMPT, size="64x64")
     assert slow.value.status_code == 504 and slow.value.code == "timeout"
     assert [j.status for j in jobs(settings)] == ["cancelled"] and balance(settings) == 200
+
+
+def test_waiting_calls_hold_no_thread_more_of_them_than_the_pool_has(tmp_path, tiny_model_path):
+    """45 calls wait for jobs (no worker runs) — more than the 40 threads FastAPI's pool has —
+    and a page still answers at once: a waiting call holds no thread."""
+    calls = 45
+    settings = migrated(make_settings(tmp_path / "d", tiny_model_path, max_active_jobs_per_user=0))
+    Browserless(create_app(settings)).sign_up("ada@example.com")
+    auth = {"Authorization": f"Bearer {make_key(settings, 'ada@example.com')}"}
+    body = {"prompt": PROMPT, "size": "64x64"}
+    with live_server(create_app(settings)) as url, ThreadPoolExecutor(calls) as pool:
+        waiting = [
+            pool.submit(httpx.post, f"{url}/v1/images/generations", json=body, headers=auth, timeout=60)
+            for _ in range(calls)
+        ]
+        deadline = time.monotonic() + 60
+        while len(jobs(settings)) < calls and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert len(jobs(settings)) == calls and not any(w.done() for w in waiting)
+        start = time.monotonic()
+        page = httpx.get(f"{url}/login", timeout=10)
+        assert page.status_code == 200 and time.monotonic() - start < 2.0
+        for job in jobs(settings):  # let every call answer
+            service.fail(settings, job.id, "Stopped by the test.")
+        assert {w.result().status_code for w in waiting} == {500}
 
 
 def test_a_signed_link_opens_only_its_image_until_it_expires(server, settings, ada):
