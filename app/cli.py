@@ -1,4 +1,4 @@
-"""The web side of the `gouache` command: web, dev, janitor, db, credits, users.
+"""The web side of the `gouache` command: web, dev, janitor, db, credits, users, keys.
 
 The worker side (worker, generate, train-demo) lives in ``workers/cli.py``, which adds
 these commands to its own and is what the ``gouache`` script runs: app/ never imports
@@ -24,6 +24,8 @@ credits_cli = typer.Typer(help="Credits: grant them, look up a balance, audit th
 cli.add_typer(credits_cli, name="credits")
 users_cli = typer.Typer(help="Accounts: make or revoke admins.", no_args_is_help=True)
 cli.add_typer(users_cli, name="users")
+keys_cli = typer.Typer(help="API keys: make one for an account, list them, revoke one.", no_args_is_help=True)
+cli.add_typer(keys_cli, name="keys")
 
 
 def model_queues(models: str | None) -> str:
@@ -184,6 +186,65 @@ def users_make_admin(email: str = typer.Argument(..., metavar="EMAIL", help="The
 def users_revoke_admin(email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address.")) -> None:
     """Take an account's admin rights away, recorded in the audit log."""
     _set_admin(email, False)
+
+
+@keys_cli.command("create")
+def keys_create(
+    email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address."),
+    name: str = typer.Option(..., "--name", help="What the key is for (shown in the account's list)."),
+) -> None:
+    """Make an API key for an account and print it, alone, on standard output (it is not
+    stored, only its hash: this is the one time it is shown)."""
+    from app.apikeys import service as apikeys
+    from app.db import transaction
+    from app.errors import UserError
+
+    settings = _migrated_settings()
+    try:
+        with transaction(settings) as session:
+            row, key = apikeys.create(session, _user_id(session, email), name)
+            prefix = row.prefix
+    except UserError as e:
+        typer.secho(e.message, fg="red", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(key)
+    typer.secho(f"Made key {prefix} for {email.strip().lower()}; it is not shown again.", err=True)
+
+
+@keys_cli.command("list")
+def keys_list(
+    email: str = typer.Argument(..., metavar="EMAIL", help="The account's email address."),
+    revoked: bool = typer.Option(False, "--revoked", help="Show revoked keys too."),
+) -> None:
+    """An account's API keys: prefix, created, last used, name (and when revoked)."""
+    from app.apikeys import service as apikeys
+    from app.db import reading
+
+    def when(moment) -> str:
+        return moment.strftime("%Y-%m-%d %H:%M") if moment else "never"
+
+    settings = _migrated_settings()
+    with reading(settings) as session:
+        for k in apikeys.list_keys(session, _user_id(session, email), revoked=revoked):
+            gone = f"  revoked {when(k.revoked_at)}" if k.revoked_at else ""
+            typer.echo(f"{k.prefix}  created {when(k.created_at)}  last used {when(k.last_used_at)}  {k.name}{gone}")
+
+
+@keys_cli.command("revoke")
+def keys_revoke(prefix: str = typer.Argument(..., metavar="PREFIX", help="The key prefix (gch_…).")) -> None:
+    """Revoke an API key: it stops working at once."""
+    from app.apikeys import service as apikeys
+    from app.db import transaction
+    from app.errors import NotFound
+
+    settings = _migrated_settings()
+    try:
+        with transaction(settings) as session:
+            row = apikeys.revoke_prefix(session, prefix)
+            typer.echo(f"Revoked {row.prefix} ({row.name}).")
+    except NotFound as e:
+        typer.secho(e.message, fg="red", err=True)
+        raise typer.Exit(1) from None
 
 
 def _share_http_metrics(data_dir) -> None:

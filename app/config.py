@@ -187,6 +187,20 @@ class Settings(BaseSettings):
     # Strict-Transport-Security's max-age on responses over https (0: not sent).
     hsts_max_age_s: int = Field(default=365 * 24 * 3600, ge=0)
 
+    # ---- Public API (issue 14): API keys and the OpenAI-compatible endpoints ----
+    # Requests one API key may make per minute (moving window, counted in the throttles'
+    # storage above: rate_limit_storage_url); one more is answered 429 with Retry-After. 0: no limit.
+    api_key_requests_per_minute: int = Field(default=60, ge=0)
+    # How long a /v1/images/... call waits for its job before giving up (the job is then
+    # cancelled and nothing is charged). The wait holds no thread of the web process.
+    openai_wait_s: float = Field(default=300, gt=0, le=3600)
+    # How long the signed image links in /v1 answers ("url") work.
+    openai_url_ttl_s: int = Field(default=3600, ge=60, le=7 * 24 * 3600)
+    # Signs short-lived links (app/signing.py). Empty: a random one is made on first use and
+    # kept in <data_dir>/secret_key, so every web process of one deployment shares it; set it
+    # when the web processes do not share a data directory.
+    secret_key: str = ""
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         self.data_dir = self.data_dir.resolve()

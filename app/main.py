@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import migrate
 from app.accounts.routes import router as accounts_router
@@ -15,11 +17,13 @@ from app.accounts.throttle import Throttle
 from app.admin.metrics import HttpMetrics
 from app.admin.routes import metrics_router
 from app.admin.routes import router as admin_router
+from app.apikeys.routes import router as apikeys_router
 from app.config import REPO_ROOT, Settings, get_settings
 from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
 from app.errors import NotAuthenticated, UserError
 from app.gallery.routes import router as gallery_router
+from app.generation import openai_api
 from app.generation.catalog import get_catalog
 from app.generation.routes import api as generation_api
 from app.generation.routes import router as generation_router
@@ -47,6 +51,8 @@ async def user_error_response(request: Request, exc: UserError):
 
 
 async def _user_error_body(request: Request, exc: UserError):
+    if openai_api.is_openai_path(request.url.path):  # OpenAI's error shape and statuses
+        return openai_api.user_error_response(exc)
     if _wants_json(request):
         return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status_code)
     if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):
@@ -89,6 +95,8 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
+        if openai_api.is_openai_path(request.url.path):
+            return openai_api.validation_error_response(list(exc.errors()))
         first = exc.errors()[0] if exc.errors() else {}
         where = ".".join(str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path"))
         message = f"{where}: {first.get('msg', 'invalid input')}" if where else first.get("msg", "Invalid input.")
@@ -96,14 +104,22 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             return JSONResponse({"error": message, "field": where or None}, status_code=422)
         return await _render(request, "error.html", status_code=422, error=UserError(message))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        if openai_api.is_openai_path(request.url.path):  # an unknown /v1 path or method
+            return openai_api.http_error_response(exc.status_code, str(exc.detail))
+        return await http_exception_handler(request, exc)
+
     # Every page shows the balance in its header and the API spends it: the month's
     # free credits are applied first. Stripe's webhook is not a user's request.
     refilled = [Depends(monthly_refill)]
     app.include_router(accounts_router, dependencies=refilled)
+    app.include_router(apikeys_router, dependencies=refilled)
     app.include_router(generation_router, dependencies=refilled)
     app.include_router(gallery_router, dependencies=refilled)
     app.include_router(credits_router, dependencies=refilled)
     app.include_router(generation_api, dependencies=refilled)
+    app.include_router(openai_api.router, dependencies=refilled)  # /v1: OpenAI's Images API, API keys only
     app.include_router(stripe_router)
     app.include_router(admin_router, dependencies=refilled)
     app.include_router(ops_router)  # probes: no user, no refill

@@ -9,6 +9,7 @@ from fastapi import Depends, Request
 from fastapi.templating import Jinja2Templates
 
 from app.accounts import service as accounts
+from app.apikeys import service as apikeys
 from app.config import REPO_ROOT, Settings
 from app.db import reading
 from app.errors import CsrfFailed, NotAuthenticated
@@ -19,6 +20,10 @@ SESSION_COOKIE = "gouache_session"
 CSRF_COOKIE = "gouache_csrf"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
+# Paths a script calls: an API key (``Authorization: Bearer gch_…``) authenticates them, and
+# an error is JSON, never a redirect. /v1/ is the OpenAI-compatible API: keys only, no cookies.
+API_PREFIXES = ("/api/", "/v1/")
+KEY_ONLY_PREFIX = "/v1/"
 
 templates = Jinja2Templates(directory=str(REPO_ROOT / "templates"))
 
@@ -34,19 +39,52 @@ class CurrentUser:
     balance: int
     verified: bool = True  # the email address is confirmed (the banner asks until it is)
     is_admin: bool = False
+    api_key_id: int | None = None  # the API key that authenticated this request (None: a browser session)
+
+
+def is_api_path(request: Request) -> bool:
+    return request.url.path.startswith(API_PREFIXES)
+
+
+def bearer_token(request: Request) -> str | None:
+    """The ``Authorization: Bearer`` token of an API request ("" when the header names the
+    scheme but no token); None for other paths, or when there is no such header."""
+    if not is_api_path(request):
+        return None
+    scheme, _, token = request.headers.get("authorization", "").strip().partition(" ")
+    return token.strip() if scheme.lower() == "bearer" else None
 
 
 def optional_user(request: Request) -> CurrentUser | None:
-    """The logged-in user, read once per request (a plain ``def``: it queries the database)."""
+    """The user of this request, read once per request (a plain ``def``: it queries the
+    database): on an API path with a bearer token, the key's owner (a bad or revoked key is
+    :class:`~app.apikeys.service.InvalidApiKey`, 401; a suspended owner, 403; each key's
+    requests are rate limited); otherwise the browser session's user (none on /v1/)."""
     if "user" not in request.state._state:
-        with reading(get_app_settings(request)) as session:
-            user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
-        request.state.user = (
-            CurrentUser(user.id, user.email, user.balance, verified=user.verified, is_admin=user.is_admin)
-            if user
-            else None
-        )
+        token = bearer_token(request)
+        if token is not None:
+            request.state.user = _key_user(request, token)
+        elif request.url.path.startswith(KEY_ONLY_PREFIX):
+            request.state.user = None
+        else:
+            with reading(get_app_settings(request)) as session:
+                user = accounts.user_for_token(session, request.cookies.get(SESSION_COOKIE))
+            request.state.user = (
+                CurrentUser(user.id, user.email, user.balance, verified=user.verified, is_admin=user.is_admin)
+                if user
+                else None
+            )
     return request.state.user
+
+
+def _key_user(request: Request, token: str) -> CurrentUser:
+    who = apikeys.authenticate(get_app_settings(request), token)
+    if getattr(request.state, "api_key_counted", None) != who.key_id:  # once per request, re-reads included
+        request.state.api_key_counted = who.key_id
+        request.app.state.throttle.take_api_request(who.key_id)
+    return CurrentUser(
+        who.user_id, who.email, who.balance, verified=who.verified, is_admin=who.is_admin, api_key_id=who.key_id
+    )
 
 
 def forget_user(request: Request) -> None:
@@ -55,8 +93,10 @@ def forget_user(request: Request) -> None:
     request.state._state.pop("user", None)
 
 
-def require_user(user: CurrentUser | None = Depends(optional_user)) -> CurrentUser:
+def require_user(request: Request, user: CurrentUser | None = Depends(optional_user)) -> CurrentUser:
     if user is None:
+        if is_api_path(request):
+            raise NotAuthenticated("Send an API key as 'Authorization: Bearer gch_…' (make one on the API keys page).")
         raise NotAuthenticated()
     return user
 
@@ -72,8 +112,15 @@ def csrf_token(request: Request) -> str:
 
 async def verify_csrf(request: Request) -> None:
     """Unsafe methods must come from this site (``Origin``/``Referer``, when sent) and
-    echo the CSRF cookie in a header (htmx, API) or a form field."""
+    echo the CSRF cookie in a header (htmx, API) or a form field.
+
+    Neither is needed where no cookie session can be involved: a request an API key
+    authenticates (a browser never sends one cross-site: the header needs a CORS preflight
+    this app never allows), and an API request with no session cookie (the route answers
+    401 itself)."""
     if request.method in ("GET", "HEAD", "OPTIONS"):
+        return
+    if bearer_token(request) is not None or (is_api_path(request) and SESSION_COOKIE not in request.cookies):
         return
     check_origin(request, get_app_settings(request))
     cookie = request.cookies.get(CSRF_COOKIE)

@@ -6,6 +6,7 @@ from alembic import context
 
 import app.accounts.models  # noqa: F401  (register every table on Base.metadata)
 import app.admin.models  # noqa: F401
+import app.apikeys.models  # noqa: F401
 import app.credits.models  # noqa: F401
 import app.gallery.models  # noqa: F401
 import app.generation.models  # noqa: F401

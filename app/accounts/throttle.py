@@ -294,6 +294,7 @@ class Throttle:
         self.login_per_account = _limit(settings.login_failures_per_account, login_window, "login-account")
         self.login_per_ip = _limit(settings.login_failures_per_ip, login_window, "login-ip")
         self.signup_per_ip = _limit(settings.signups_per_ip, signup_window, "signup-ip")
+        self.api_key = _limit(settings.api_key_requests_per_minute, 60, "api-key")  # per API key
         PASSWORD_WORK.resize(settings.password_hash_concurrency, settings.password_hash_queue)
 
     def _retry_after(self, item: RateLimitItem, key: str) -> int:
@@ -301,12 +302,12 @@ class Throttle:
         return math.ceil(reset - self.clock())
 
     @contextmanager
-    def _storage_errors(self) -> Iterator[None]:
+    def _storage_errors(self, what: str = "Logging in") -> Iterator[None]:
         try:
             yield
         except StorageError as exc:  # fail closed, but with a message rather than a 500
             log.error("rate limit storage failed: %s", exc)
-            raise ServiceUnavailable("Logging in is unavailable for a moment; try again shortly.") from None
+            raise ServiceUnavailable(f"{what} is unavailable for a moment; try again shortly.") from None
 
     def check_login(self, email: str, address: str) -> None:
         """Refuse (:class:`TooManyAttempts`) while either login throttle is full."""
@@ -342,6 +343,17 @@ class Throttle:
         with self._storage_errors():
             if not self.limiter.hit(item, _address(address)):
                 raise TooManyAttempts(self._retry_after(item, _address(address)), what="sign-ups from your network")
+
+    def take_api_request(self, key_id: int) -> None:
+        """Count one API request made with a key, or refuse it (:class:`TooManyAttempts`)
+        while the key's window (``GOUACHE_API_KEY_REQUESTS_PER_MINUTE``) is full."""
+        item = self.api_key
+        if item is None:
+            return
+        key = f"key:{key_id}"
+        with self._storage_errors("The API"):
+            if not self.limiter.hit(item, key):
+                raise TooManyAttempts(self._retry_after(item, key), what="requests with this API key")
 
     @contextmanager
     def login_attempt(self, email: str, address: str) -> Iterator[None]:

@@ -7,6 +7,7 @@ the objects leave storage.
   balance and the sum of its entries are both 0. Ledger entries and purchases stay (the
   operator must keep them for accounting) and point at the tombstone;
 - admin: the audit log's rows about (or by) the user name the tombstone instead;
+- apikeys: the account's API keys go;
 - accounts: the user row stays as a tombstone (``deleted-<id>@invalid``, no usable password,
   ``deleted_at`` set); sessions and emailed links go.
 
@@ -20,6 +21,7 @@ import logging
 
 from app.accounts import service as accounts
 from app.admin import service as admin
+from app.apikeys import service as apikeys
 from app.config import Settings
 from app.credits import service as credits
 from app.db import reading, transaction
@@ -37,6 +39,7 @@ def delete_account(settings: Settings, user_id: int, password: str) -> str:
         keys = generation.forget_user(session, user_id)
         credits.forfeit_balance(session, user_id)
         admin.forget_user(session, user_id)
+        apikeys.forget_user(session, user_id)
         accounts.close(session, user_id)
     storage = get_storage(settings)
     for key in keys:

@@ -22,7 +22,7 @@ from app.config import REPO_ROOT
 
 PACKAGES = ("app", "workers", "tools")
 # Lower domains first: a domain may import the ones before it, never the ones after.
-DOMAIN_ORDER = ("storage", "mail", "accounts", "credits", "gallery", "generation", "admin", "erasure")
+DOMAIN_ORDER = ("storage", "mail", "accounts", "apikeys", "credits", "gallery", "generation", "admin", "erasure")
 
 
 def _module_name(path: Path) -> str:

@@ -1,0 +1,1 @@
+"""API keys: ``Authorization: Bearer gch_…`` for scripts and OpenAI-compatible clients."""
