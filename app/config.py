@@ -179,6 +179,12 @@ class Settings(BaseSettings):
     # Operator (admin area, /metrics): with a token, /metrics wants `Authorization: Bearer
     # <token>`; without one, it answers only requests from this machine (loopback).
     metrics_token: str = ""
+    # Native API (issue 14): a job's event stream (GET /api/v1/generations/{id}/events)
+    # reads the job this often, sends a keep-alive comment after this long without an
+    # event, and ends after this long (EventSource reconnects where it left off).
+    api_events_poll_s: float = Field(default=0.25, gt=0, le=10)
+    api_events_keepalive_s: float = Field(default=15.0, gt=0)
+    api_events_max_s: float = Field(default=600.0, gt=0)
 
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:

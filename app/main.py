@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from fastapi import Depends, FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app import migrate
 from app.accounts.routes import router as accounts_router
@@ -15,9 +17,11 @@ from app.admin.metrics import HttpMetrics
 from app.admin.routes import metrics_router
 from app.admin.routes import router as admin_router
 from app.config import REPO_ROOT, Settings, get_settings
+from app.credits.routes import api as credits_api
 from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
 from app.errors import NotAuthenticated, UserError
+from app.gallery.routes import api as gallery_api
 from app.gallery.routes import router as gallery_router
 from app.generation.catalog import get_catalog
 from app.generation.routes import api as generation_api
@@ -84,18 +88,40 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
             return JSONResponse({"error": message, "field": where or None}, status_code=422)
         return await _render(request, "error.html", status_code=422, error=UserError(message))
 
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        """The API's 404 (no such route) and 405 (wrong method) in its one error shape."""
+        if not _wants_json(request):
+            return await http_exception_handler(request, exc)
+        message = {
+            404: f"No such API endpoint: {request.method} {request.url.path}.",
+            405: f"{request.method} is not allowed here"
+            + (f"; use {allow}." if (allow := (exc.headers or {}).get("Allow")) else "."),
+        }.get(exc.status_code, str(exc.detail))
+        return JSONResponse({"error": message, "field": None}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        # (logged and re-raised by Starlette's error middleware after this answer)
+        if _wants_json(request):
+            return JSONResponse({"error": "Something went wrong on our side.", "field": None}, status_code=500)
+        return PlainTextResponse("Internal Server Error", status_code=500)
+
     # Every page shows the balance in its header and the API spends it: the month's
     # free credits are applied first. Stripe's webhook is not a user's request.
+    # /api/openapi.json documents the JSON API only: the pages are left out of it.
     refilled = [Depends(monthly_refill)]
-    app.include_router(accounts_router, dependencies=refilled)
-    app.include_router(generation_router, dependencies=refilled)
-    app.include_router(gallery_router, dependencies=refilled)
-    app.include_router(credits_router, dependencies=refilled)
+    app.include_router(accounts_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(generation_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(gallery_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(credits_router, dependencies=refilled, include_in_schema=False)
     app.include_router(generation_api, dependencies=refilled)
+    app.include_router(gallery_api, dependencies=refilled)
+    app.include_router(credits_api, dependencies=refilled)
     app.include_router(stripe_router)
-    app.include_router(admin_router, dependencies=refilled)
-    app.include_router(ops_router)  # probes: no user, no refill
-    app.include_router(metrics_router)  # Prometheus: a token or loopback, no user
+    app.include_router(admin_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(ops_router, include_in_schema=False)  # probes: no user, no refill
+    app.include_router(metrics_router, include_in_schema=False)  # Prometheus: a token or loopback, no user
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     app.add_middleware(HttpMetrics)  # outermost: times every request, labelled by its route template
     return app
