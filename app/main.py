@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
@@ -32,6 +34,19 @@ from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
+
+
+def _allowed_methods(request: Request, fallback: str) -> str:
+    """Every method the API takes at this path, from its schema (Starlette's 405 names only
+    the first route's)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))  # {job_id} -> one path segment
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    if "GET" in methods:
+        methods.add("HEAD")
+    return ", ".join(sorted(methods)) or fallback
 
 
 async def _render(request: Request, template: str, **kw):
@@ -93,12 +108,15 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         """The API's 404 (no such route) and 405 (wrong method) in its one error shape."""
         if not _wants_json(request):
             return await http_exception_handler(request, exc)
-        message = {
-            404: f"No such API endpoint: {request.method} {request.url.path}.",
-            405: f"{request.method} is not allowed here"
-            + (f"; use {allow}." if (allow := (exc.headers or {}).get("Allow")) else "."),
-        }.get(exc.status_code, str(exc.detail))
-        return JSONResponse({"error": message, "field": None}, status_code=exc.status_code, headers=exc.headers)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
+            message = f"{request.method} is not allowed here; use {headers['Allow']}."
+        elif exc.status_code == 404:
+            message = f"No such API endpoint: {request.method} {request.url.path}."
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message, "field": None}, status_code=exc.status_code, headers=headers)
 
     @app.exception_handler(Exception)
     async def server_error(request: Request, exc: Exception):

@@ -19,7 +19,3 @@ def test_every_generation_route_is_a_plain_def():
     coroutines = {e.__name__ for e in endpoints if inspect.iscoroutinefunction(e)}
     assert endpoints and coroutines == ONLY_AWAITS
 
-
-def test_the_event_stream_reads_the_job_only_through_the_thread_pool():
-    source = inspect.getsource(routes.api_job_events)
-    assert "run_in_threadpool(" in source and "service." not in source.replace("run_in_threadpool", "")
