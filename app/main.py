@@ -44,8 +44,6 @@ def _allowed_methods(request: Request, fallback: str) -> str:
         pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))  # {job_id} -> one path segment
         if re.fullmatch(pattern, request.url.path):
             methods |= {method.upper() for method in operations}
-    if "GET" in methods:
-        methods.add("HEAD")
     return ", ".join(sorted(methods)) or fallback
 
 

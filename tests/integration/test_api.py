@@ -89,8 +89,8 @@ def test_the_schema_holds_only_the_api_with_its_bodies_errors_and_the_bearer_sch
     [
         ("GET", "/api/v1/nothing-here", 404, "No such API endpoint: GET /api/v1/nothing-here."),
         ("GET", "/api/v1/generations/no-such-job", 404, "No such job."),
-        ("PUT", "/api/v1/generations", 405, "PUT is not allowed here; use GET, HEAD, POST."),
-        ("DELETE", "/api/v1/models", 405, "DELETE is not allowed here; use GET, HEAD."),
+        ("PUT", "/api/v1/generations", 405, "PUT is not allowed here; use GET, POST."),
+        ("DELETE", "/api/v1/models", 405, "DELETE is not allowed here; use GET."),
         ("GET", "/api/v1/generations?limit=0", 422, "limit: Input should be greater than or equal to 1"),
         ("GET", "/api/v1/images?after=garbage", 422, "That page link is broken; start again from the first page."),
     ],
