@@ -18,4 +18,3 @@ def test_every_generation_route_is_a_plain_def():
     endpoints = [r.endpoint for router in (routes.router, routes.api) for r in router.routes if isinstance(r, APIRoute)]
     coroutines = {e.__name__ for e in endpoints if inspect.iscoroutinefunction(e)}
     assert endpoints and coroutines == ONLY_AWAITS
-
