@@ -201,6 +201,13 @@ class Settings(BaseSettings):
     # when the web processes do not share a data directory.
     secret_key: str = ""
 
+    # Native API (issue 14): a job's event stream (GET /api/v1/generations/{id}/events)
+    # reads the job this often, sends a keep-alive comment after this long without an
+    # event, and ends after this long (EventSource reconnects where it left off).
+    api_events_poll_s: float = Field(default=0.25, gt=0, le=10)
+    api_events_keepalive_s: float = Field(default=15.0, gt=0)
+    api_events_max_s: float = Field(default=600.0, gt=0)
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         self.data_dir = self.data_dir.resolve()

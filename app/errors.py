@@ -39,9 +39,14 @@ class ServiceUnavailable(UserError):
 
 
 class TooManyJobs(UserError):
-    """Fair sharing: the user already has as many jobs queued or running as one may."""
+    """Fair sharing: the user already has as many jobs queued or running as one may.
+    ``retry_after``: about how many seconds until one of them finishes."""
 
     status_code = 429
+
+    def __init__(self, message: str, *, retry_after: int | None = None):
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class LinkError(UserError):

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -19,9 +21,11 @@ from app.admin.routes import metrics_router
 from app.admin.routes import router as admin_router
 from app.apikeys.routes import router as apikeys_router
 from app.config import REPO_ROOT, Settings, get_settings
+from app.credits.routes import api as credits_api
 from app.credits.routes import monthly_refill, stripe_router
 from app.credits.routes import router as credits_router
 from app.errors import NotAuthenticated, UserError
+from app.gallery.routes import api as gallery_api
 from app.gallery.routes import router as gallery_router
 from app.generation import openai_api
 from app.generation.catalog import get_catalog
@@ -34,6 +38,17 @@ from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
+
+
+def _allowed_methods(request: Request, fallback: str) -> str:
+    """Every method the API takes at this path, from its schema (Starlette's 405 names only
+    the first route's)."""
+    methods: set[str] = set()
+    for template, operations in request.app.openapi()["paths"].items():
+        pattern = re.sub(r"\\\{[^/]+?\\\}", "[^/]+", re.escape(template))  # {job_id} -> one path segment
+        if re.fullmatch(pattern, request.url.path):
+            methods |= {method.upper() for method in operations}
+    return ", ".join(sorted(methods)) or fallback
 
 
 async def _render(request: Request, template: str, **kw):
@@ -106,24 +121,47 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
+        """The API's 404 (no such route) and 405 (wrong method) in its one error shape
+        (OpenAI's under /v1); pages keep FastAPI's."""
         if openai_api.is_openai_path(request.url.path):  # an unknown /v1 path or method
             return openai_api.http_error_response(exc.status_code, str(exc.detail))
-        return await http_exception_handler(request, exc)
+        if not _wants_json(request):
+            return await http_exception_handler(request, exc)
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:
+            headers["Allow"] = _allowed_methods(request, headers.get("Allow", ""))
+            message = f"{request.method} is not allowed here; use {headers['Allow']}."
+        elif exc.status_code == 404:
+            message = f"No such API endpoint: {request.method} {request.url.path}."
+        else:
+            message = str(exc.detail)
+        return JSONResponse({"error": message, "field": None}, status_code=exc.status_code, headers=headers)
+
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, exc: Exception):
+        # (logged and re-raised by Starlette's error middleware after this answer)
+        if _wants_json(request):
+            return JSONResponse({"error": "Something went wrong on our side.", "field": None}, status_code=500)
+        return PlainTextResponse("Internal Server Error", status_code=500)
 
     # Every page shows the balance in its header and the API spends it: the month's
     # free credits are applied first. Stripe's webhook is not a user's request.
+    # /api/openapi.json documents the JSON API only: the pages are left out of it.
     refilled = [Depends(monthly_refill)]
-    app.include_router(accounts_router, dependencies=refilled)
-    app.include_router(apikeys_router, dependencies=refilled)
-    app.include_router(generation_router, dependencies=refilled)
-    app.include_router(gallery_router, dependencies=refilled)
-    app.include_router(credits_router, dependencies=refilled)
+    app.include_router(accounts_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(apikeys_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(generation_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(gallery_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(credits_router, dependencies=refilled, include_in_schema=False)
     app.include_router(generation_api, dependencies=refilled)
-    app.include_router(openai_api.router, dependencies=refilled)  # /v1: OpenAI's Images API, API keys only
+    app.include_router(gallery_api, dependencies=refilled)
+    app.include_router(credits_api, dependencies=refilled)
+    # /v1: OpenAI's Images API, API keys only; its reference is OpenAI's own (docs/ and README)
+    app.include_router(openai_api.router, dependencies=refilled, include_in_schema=False)
     app.include_router(stripe_router)
-    app.include_router(admin_router, dependencies=refilled)
-    app.include_router(ops_router)  # probes: no user, no refill
-    app.include_router(metrics_router)  # Prometheus: a token or loopback, no user
+    app.include_router(admin_router, dependencies=refilled, include_in_schema=False)
+    app.include_router(ops_router, include_in_schema=False)  # probes: no user, no refill
+    app.include_router(metrics_router, include_in_schema=False)  # Prometheus: a token or loopback, no user
 
     @app.get("/api/docs", include_in_schema=False)
     async def api_docs(request: Request) -> HTMLResponse:

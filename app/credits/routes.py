@@ -1,11 +1,14 @@
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 import stripe
 from fastapi import APIRouter, Depends, Form, Query, Request
 from fastapi.responses import JSONResponse, RedirectResponse
+from pydantic import BaseModel
 
+from app.api import Page, api_router
 from app.credits import pricing, service, webhooks
 from app.credits import stripe as stripe_glue
 from app.db import reading
@@ -162,3 +165,52 @@ def stripe_webhook(request: Request, body: bytes = Depends(raw_body)):
         return JSONResponse({"error": "could not apply the event; retry later"}, status_code=500)
     log.info("stripe event %s (%s): %s", event.id, event.type, outcome)
     return {"received": True, "outcome": outcome}
+
+
+# ---- JSON API -----------------------------------------------------------------------------
+
+api = api_router(tags=["credits"])
+
+
+class BalanceOut(BaseModel):
+    balance: int  # credits you can spend now (held credits are already taken off)
+
+
+class LedgerEntryOut(BaseModel):
+    """One movement of your credits: grant, purchase, hold (−, a job's price at submit),
+    capture (0: the hold became a charge), release (+, a held price given back), refund,
+    chargeback or adjustment."""
+
+    id: int
+    kind: str
+    amount: int
+    memo: str
+    job_id: str | None
+    created_at: datetime
+
+
+class LedgerPage(Page[LedgerEntryOut]):
+    """A page of your ledger entries, newest first."""
+
+
+@api.get("/balance")
+def api_balance(user: CurrentUser = Depends(require_user)) -> BalanceOut:
+    """Your balance in credits (this month's free credits applied first)."""
+    return BalanceOut(balance=user.balance)
+
+
+@api.get("/ledger")
+def api_ledger(
+    request: Request,
+    after: str | None = Query(default=None, description="The previous page's `next_cursor`."),
+    limit: int = Query(default=service.LEDGER_PAGE, ge=1, le=200),
+    user: CurrentUser = Depends(require_user),
+) -> LedgerPage:
+    """Your ledger entries, newest first, a keyset page at a time."""
+    with reading(get_app_settings(request)) as session:
+        entries, next_cursor = service.ledger_page(session, user.id, after, limit)
+        items = [
+            LedgerEntryOut(id=e.id, kind=e.kind, amount=e.amount, memo=e.memo, job_id=e.job_id, created_at=e.created_at)
+            for e in entries
+        ]
+    return LedgerPage(items=items, next_cursor=next_cursor)

@@ -6,6 +6,8 @@ app.credits.webhooks, which calls the functions here."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import uuid
 from dataclasses import dataclass
@@ -333,3 +335,36 @@ def history(session: Session, user_id: int, page: int = 1) -> History:
         select(Purchase).where(Purchase.user_id == user_id, Purchase.status == PAID).order_by(Purchase.paid_at.desc())
     ).all()
     return History(entries=list(entries), purchases=list(purchases), page=page, total=total or 0)
+
+
+# ---- the API's ledger: keyset pages, newest first ------------------------------------------
+
+LEDGER_PAGE = 50
+
+
+def _ledger_cursor(entry_id: int) -> str:
+    return base64.urlsafe_b64encode(f"ledger:{entry_id}".encode()).decode().rstrip("=")
+
+
+def _ledger_position(token: str) -> int:
+    try:
+        raw = base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)).decode()
+        kind, _, number = raw.partition(":")
+        if kind != "ledger" or not number.isdigit():
+            raise ValueError
+        return int(number)
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise UserError("That page link is broken; start again from the first page.", field="after") from None
+
+
+def ledger_page(
+    session: Session, user_id: int, after: str | None = None, limit: int = LEDGER_PAGE
+) -> tuple[list[LedgerEntry], str | None]:
+    """One keyset page of the user's ledger entries, newest first, and the next page's cursor."""
+    query = select(LedgerEntry).where(LedgerEntry.user_id == user_id)
+    if after:
+        query = query.where(LedgerEntry.id < _ledger_position(after))
+    entries = list(session.scalars(query.order_by(LedgerEntry.id.desc()).limit(limit + 1)))
+    more = len(entries) > limit
+    entries = entries[:limit]
+    return entries, _ledger_cursor(entries[-1].id) if more else None

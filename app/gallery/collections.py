@@ -48,14 +48,25 @@ def get_collection(session: Session, user_id: int, collection_id: str) -> Collec
     return collection
 
 
-def create_collection(session: Session, user_id: int, name: str) -> Collection:
-    """A new, empty collection; its name is tidied and must differ from the user's others."""
+def create_collection(session: Session, user_id: int, name: str, request_id: str | None = None) -> Collection:
+    """A new, empty collection; its name is tidied and must differ from the user's others.
+    With ``request_id`` (the API's Idempotency-Key), a collection already created with it is
+    returned instead (a retried request makes one collection)."""
+    if request_id and (existing := collection_for_request(session, user_id, request_id)) is not None:
+        return existing
     name = _collection_name(name)
     _check_name_free(session, user_id, name)
-    collection = Collection(id=str(uuid.uuid4()), user_id=user_id, name=name)
+    collection = Collection(id=str(uuid.uuid4()), user_id=user_id, name=name, client_request_id=request_id)
     session.add(collection)
     session.flush()
     return collection
+
+
+def collection_for_request(session: Session, user_id: int, request_id: str) -> Collection | None:
+    """The user's collection created with this Idempotency-Key, if any."""
+    return session.scalar(
+        select(Collection).where(Collection.user_id == user_id, Collection.client_request_id == request_id)
+    )
 
 
 def rename_collection(session: Session, user_id: int, collection_id: str, name: str) -> Collection:
@@ -112,9 +123,18 @@ def remove_from_collection(session: Session, user_id: int, collection_id: str, i
     )
 
 
-def list_collections(session: Session, user_id: int, *, summaries: bool = True) -> list[CollectionSummary]:
+def collection_summary(session: Session, user_id: int, collection_id: str) -> CollectionSummary:
+    """One of the user's collections with its size and newest image, or NotFound."""
+    get_collection(session, user_id, collection_id)
+    return list_collections(session, user_id, only=collection_id)[0]
+
+
+def list_collections(
+    session: Session, user_id: int, *, summaries: bool = True, only: str | None = None
+) -> list[CollectionSummary]:
     """The user's collections by name, with how many images each holds and its newest image
-    (``summaries=False``: names only, which costs nothing however full they are)."""
+    (``summaries=False``: names only, which costs nothing however full they are; ``only``:
+    just that one)."""
     if not summaries:
         names = session.execute(
             select(Collection.id, Collection.name)
@@ -132,11 +152,10 @@ def list_collections(session: Session, user_id: int, *, summaries: bool = True) 
         .correlate(Collection)
         .scalar_subquery()
     )
-    rows = session.execute(
-        select(Collection.id, Collection.name, count, cover)
-        .where(Collection.user_id == user_id)
-        .order_by(func.lower(Collection.name))
-    )
+    query = select(Collection.id, Collection.name, count, cover).where(Collection.user_id == user_id)
+    if only is not None:
+        query = query.where(Collection.id == only)
+    rows = session.execute(query.order_by(func.lower(Collection.name)))
     return [CollectionSummary(id, name, size, cover_id) for id, name, size, cover_id in rows]
 
 

@@ -62,12 +62,17 @@ class Collection(Base):
     """A user's named set of images (a board); an image may be in several."""
 
     __tablename__ = "collections"
-    __table_args__ = (UniqueConstraint("user_id", "name"),)
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        Index("ix_collections_user_request", "user_id", "client_request_id", unique=True),
+    )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
     user_id: Mapped[int] = mapped_column(ForeignKey("users.id"), index=True)
     name: Mapped[str] = mapped_column(String(80))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # The API's Idempotency-Key it was created with: a retried create finds this collection.
+    client_request_id: Mapped[str | None] = mapped_column(String(64))
 
 
 class CollectionImage(Base):

@@ -4,14 +4,16 @@ import dataclasses
 import uuid
 from datetime import UTC, datetime
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from sqlalchemy.exc import IntegrityError
 
+from app.api import Page, api_router, idempotency_key
 from app.config import Settings
 from app.db import reading, transaction
 from app.enums import MODES, SAMPLERS
 from app.errors import UserError
-from app.gallery import collections, export, search, service
+from app.gallery import collections, export, schemas, search, service
 from app.gallery.models import ASPECTS, Image
 from app.generation.catalog import ModelSpec, get_catalog
 from app.generation.quote import quote_form
@@ -273,3 +275,196 @@ def delete_collection(request: Request, collection_id: str, user: CurrentUser = 
     with transaction(get_app_settings(request)) as session:
         collections.delete_collection(session, user.id, collection_id)
     return _back(request, {"next": "/collections"})
+
+
+# ---- JSON API -----------------------------------------------------------------------------
+
+api = api_router(tags=["gallery"])
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+
+
+def image_out(request: Request, image: Image, member_of: set[str] | None = None) -> schemas.GalleryImageOut:
+    job = image.job
+    return schemas.GalleryImageOut(
+        id=image.id,
+        job_id=image.job_id,
+        index=image.index,
+        width=image.width,
+        height=image.height,
+        seed=image.seed,
+        prompt=job.prompt,
+        negative_prompt=job.negative_prompt,
+        model=image.model,
+        mode=image.mode,
+        aspect=image.aspect,
+        sampler=job.sampler,
+        steps=job.steps,
+        guidance=job.guidance,
+        strength=job.strength,
+        licence=job.licence,
+        licence_url=job.licence_url,
+        favourite=image.favourite,
+        created_at=image.created_at,
+        url=str(request.url_for("api_image_file", image_id=image.id)),
+        thumbnail_url=str(request.url_for("api_image_thumbnail", image_id=image.id)),
+        collections=sorted(member_of) if member_of is not None else None,
+    )
+
+
+class ImagePage(Page[schemas.GalleryImageOut]):
+    """A page of your gallery's images, in the order asked for."""
+
+
+@api.get("/images")
+def api_images(
+    request: Request,
+    q: str = Query(default="", description="Words of the prompt (each matches as a prefix)."),
+    model: str = Query(default="", description="A model id."),
+    mode: str = Query(default="", description="How it was made.", json_schema_extra={"enum": ["", *MODES]}),
+    date_from: str = Query(default="", description="From this day (UTC).", json_schema_extra={"format": "date"}),
+    date_to: str = Query(default="", description="Up to this day.", json_schema_extra={"format": "date"}),
+    aspect: str = Query(default="", json_schema_extra={"enum": ["", *ASPECTS]}),
+    favourites: str = Query(default="", description="1: only favourites.", json_schema_extra={"enum": ["", "0", "1"]}),
+    collection: str = Query(default="", description="Only this collection's images."),
+    sort: str = Query(default="newest", json_schema_extra={"enum": list(search.SORTS)}),
+    after: str | None = Query(default=None, description="The previous page's `next_cursor`."),
+    limit: int = Query(default=search.PAGE_SIZE, ge=1, le=100),
+    user: CurrentUser = Depends(require_user),
+) -> ImagePage:
+    """Your gallery with its filters, a keyset page at a time (the filters are the gallery
+    page's query string, checked by the same parser)."""
+    filters = search.parse_filters(
+        dict(
+            q=q, model=model, mode=mode, date_from=date_from, date_to=date_to, aspect=aspect,
+            favourites=favourites, collection=collection, sort=sort,
+        )
+    )  # fmt: skip
+    with reading(get_app_settings(request)) as session:
+        page = search.list_images(session, user.id, filters, after, limit)
+        items = [image_out(request, image) for image in page.images]
+    return ImagePage(items=items, next_cursor=page.next_cursor)
+
+
+@api.get("/images/{image_id}")
+def api_image(request: Request, image_id: str, user: CurrentUser = Depends(require_user)) -> schemas.GalleryImageOut:
+    """One image's metadata, with the collections that hold it."""
+    with reading(get_app_settings(request)) as session:
+        image = service.get_image(session, user.id, image_id)
+        return image_out(request, image, collections.collections_of(session, user.id, image.id))
+
+
+@api.patch("/images/{image_id}")
+def api_update_image(
+    request: Request, image_id: str, body: schemas.ImageUpdate, user: CurrentUser = Depends(require_user)
+) -> schemas.GalleryImageOut:
+    """Mark or unmark the image as a favourite."""
+    with transaction(get_app_settings(request)) as session:
+        image = service.set_favourite(session, user.id, image_id, body.favourite)
+        session.flush()
+        return image_out(request, image, collections.collections_of(session, user.id, image.id))
+
+
+@api.get("/images/{image_id}/file", response_class=Response, responses={200: {"content": {"image/png": BINARY}}})
+def api_image_file(request: Request, image_id: str, user: CurrentUser = Depends(require_user)) -> Response:
+    """The image's PNG, its generation parameters embedded."""
+    data = service.original(get_app_settings(request), user.id, image_id)
+    return Response(data, media_type="image/png", headers={"Cache-Control": "private, max-age=86400"})
+
+
+@api.get("/images/{image_id}/thumbnail", response_class=Response, responses={200: {"content": {"image/webp": BINARY}}})
+def api_image_thumbnail(request: Request, image_id: str, user: CurrentUser = Depends(require_user)) -> Response:
+    """The image's WebP thumbnail (longest side 384)."""
+    data = service.thumbnail(get_app_settings(request), user.id, image_id)
+    return Response(data, media_type="image/webp", headers={"Cache-Control": "private, max-age=604800"})
+
+
+@api.delete("/images/{image_id}", status_code=204, response_class=Response)
+def api_delete_image(request: Request, image_id: str, user: CurrentUser = Depends(require_user)) -> Response:
+    """Delete the image: it leaves the gallery and its collections, then storage."""
+    service.delete_images(get_app_settings(request), user.id, [image_id])
+    return Response(status_code=204)
+
+
+def collection_out(summary: collections.CollectionSummary) -> schemas.CollectionOut:
+    return schemas.CollectionOut(id=summary.id, name=summary.name, count=summary.count, cover_image_id=summary.cover_id)
+
+
+@api.get("/collections")
+def api_collections(request: Request, user: CurrentUser = Depends(require_user)) -> list[schemas.CollectionOut]:
+    """Your collections by name, each with its size and newest image."""
+    with reading(get_app_settings(request)) as session:
+        return [collection_out(c) for c in collections.list_collections(session, user.id)]
+
+
+@api.post("/collections", status_code=201)
+def api_create_collection(
+    request: Request,
+    body: schemas.CollectionIn,
+    request_id: str | None = Depends(idempotency_key),
+    user: CurrentUser = Depends(require_user),
+) -> schemas.CollectionOut:
+    """A new collection (with ``image_ids`` in it). With an ``Idempotency-Key``, a retry
+    answers the collection the first request made."""
+    settings = get_app_settings(request)
+    try:
+        with transaction(settings) as session:
+            collection = collections.create_collection(session, user.id, body.name, request_id)
+            if body.image_ids:
+                collections.add_to_collection(session, user.id, collection.id, body.image_ids)
+            collection_id = collection.id
+    except IntegrityError:  # a concurrent request with the same key (or name) won
+        with reading(settings) as session:
+            found = collections.collection_for_request(session, user.id, request_id) if request_id else None
+            if found is None:
+                raise UserError("That collection changed meanwhile; try again.", field="name") from None
+            collection_id = found.id
+    with reading(settings) as session:
+        return collection_out(collections.collection_summary(session, user.id, collection_id))
+
+
+@api.get("/collections/{collection_id}")
+def api_collection(
+    request: Request, collection_id: str, user: CurrentUser = Depends(require_user)
+) -> schemas.CollectionOut:
+    """One collection; its images are ``GET /api/v1/images?collection=<id>``."""
+    with reading(get_app_settings(request)) as session:
+        return collection_out(collections.collection_summary(session, user.id, collection_id))
+
+
+@api.patch("/collections/{collection_id}")
+def api_rename_collection(
+    request: Request, collection_id: str, body: schemas.CollectionUpdate, user: CurrentUser = Depends(require_user)
+) -> schemas.CollectionOut:
+    settings = get_app_settings(request)
+    with transaction(settings) as session:
+        collections.rename_collection(session, user.id, collection_id, body.name)
+    with reading(settings) as session:
+        return collection_out(collections.collection_summary(session, user.id, collection_id))
+
+
+@api.delete("/collections/{collection_id}", status_code=204, response_class=Response)
+def api_delete_collection(request: Request, collection_id: str, user: CurrentUser = Depends(require_user)) -> Response:
+    """Delete the collection; its images stay in the gallery."""
+    with transaction(get_app_settings(request)) as session:
+        collections.delete_collection(session, user.id, collection_id)
+    return Response(status_code=204)
+
+
+@api.post("/collections/{collection_id}/images", dependencies=[Depends(idempotency_key)])
+def api_collect(
+    request: Request, collection_id: str, body: schemas.ImageIds, user: CurrentUser = Depends(require_user)
+) -> schemas.Added:
+    """Add your images to the collection (idempotent: images already in it stay once)."""
+    with transaction(get_app_settings(request)) as session:
+        added = collections.add_to_collection(session, user.id, collection_id, body.image_ids)
+    return schemas.Added(added=added)
+
+
+@api.delete("/collections/{collection_id}/images/{image_id}", status_code=204, response_class=Response)
+def api_uncollect(
+    request: Request, collection_id: str, image_id: str, user: CurrentUser = Depends(require_user)
+) -> Response:
+    """Take the image out of the collection (it stays in the gallery)."""
+    with transaction(get_app_settings(request)) as session:
+        collections.remove_from_collection(session, user.id, collection_id, [image_id])
+    return Response(status_code=204)

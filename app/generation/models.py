@@ -34,6 +34,8 @@ class Job(Base):
         Index("ix_jobs_status", "status", "user_id"),
         Index("ix_jobs_preview_key", "preview_key"),
         Index("ix_jobs_source_key", "source_key"),
+        # The API's list of a user's jobs, newest first: each keyset page is one range scan.
+        Index("ix_jobs_user_created_id", "user_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)

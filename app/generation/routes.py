@@ -12,20 +12,22 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fastapi import APIRouter, Depends, Header, Request
-from fastapi.responses import RedirectResponse, Response
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
+from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
-from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
+from app.api import Page, api_router, errors, idempotency_key, request_body
+from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS, JobStatus
 from app.errors import NotFound, UserError
 from app.gallery.models import Image
-from app.generation import quote, schemas, service
+from app.generation import events, quote, schemas, service
 from app.generation.catalog import get_catalog
 from app.generation.models import Job
 from app.web import CurrentUser, get_app_settings, is_htmx, optional_user, render, require_user, verify_csrf
 
 router = APIRouter(dependencies=[Depends(verify_csrf)])
-api = APIRouter(prefix="/api/v1", dependencies=[Depends(verify_csrf)], tags=["generation"])
+api = api_router(tags=["generations"])
 
 RECENT_JOBS = 6
 
@@ -213,6 +215,11 @@ def balance_fragment(request: Request, user: CurrentUser = Depends(require_user)
 # ---- JSON API -------------------------------------------------------------------
 
 
+def _preview_url(request: Request, job_id: str, step: int) -> str:
+    # the step makes each new preview a new URL (the object is overwritten in place)
+    return f"{request.url_for('api_job_preview', job_id=job_id)}?step={step}"
+
+
 def job_out(request: Request, job: Job, images: Sequence[Image]) -> schemas.JobOut:
     return schemas.JobOut(
         id=job.id,
@@ -230,7 +237,7 @@ def job_out(request: Request, job: Job, images: Sequence[Image]) -> schemas.JobO
         sampler=job.sampler,
         mode=job.mode,
         strength=job.strength,
-        preview_url=str(request.url_for("job_preview", job_id=job.id)) if job.preview_key and not job.done else None,
+        preview_url=_preview_url(request, job.id, job.progress_step) if job.preview_key and not job.done else None,
         model=job.model,
         licence=job.licence,
         licence_url=job.licence_url,
@@ -245,7 +252,8 @@ def job_out(request: Request, job: Job, images: Sequence[Image]) -> schemas.JobO
                 seed=i.seed,
                 width=i.width,
                 height=i.height,
-                url=str(request.url_for("image_file", image_id=i.id)),
+                url=str(request.url_for("api_image_file", image_id=i.id)),
+                thumbnail_url=str(request.url_for("api_image_thumbnail", image_id=i.id)),
             )
             for i in images
         ],
@@ -265,24 +273,49 @@ def api_quote(request: Request) -> dict[str, int]:
     return {"credits": quote.quote(settings, schemas.parse_quote(request.query_params, settings))}
 
 
-@api.post("/generations", status_code=202)
+class JobPage(Page[schemas.JobOut]):
+    """A page of your jobs, newest first."""
+
+
+@api.get("/generations")
+def api_jobs(
+    request: Request,
+    status: list[str] = Query(default=[], description="Only jobs in these states (repeat the parameter)."),
+    after: str | None = Query(default=None, description="The previous page's `next_cursor`."),
+    limit: int = Query(default=service.JOBS_PAGE, ge=1, le=100),
+    user: CurrentUser = Depends(require_user),
+) -> JobPage:
+    """Your jobs, newest first, a keyset page at a time."""
+    page = service.list_jobs(get_app_settings(request), user.id, status, after, limit)
+    return JobPage(items=[job_out(request, job, images) for job, images in page.jobs], next_cursor=page.next_cursor)
+
+
+@api.post(
+    "/generations",
+    status_code=202,
+    openapi_extra=request_body(schemas.GenerationIn, multipart=schemas.GenerationForm),
+    responses=errors(402, 429, 503),
+)
 def api_generate(
     request: Request,
-    idempotency_key: str | None = Header(default=None),
+    request_id: str | None = Depends(idempotency_key),
     user: CurrentUser = Depends(require_user),
     body: RequestBody = Depends(api_body),
 ) -> schemas.JobOut:
-    """JSON (text-to-image, or an image mode from a gallery image's ``source_image``),
-    or multipart form data with ``image`` / ``mask`` files for uploads."""
+    """Queue a generation and hold its price. JSON (text to image, or an image mode from a
+    gallery image's ``source_image``), or form data with ``image`` / ``mask`` files. The
+    same ``Idempotency-Key`` (or ``request_id``) again returns the first job, charged once."""
     settings = get_app_settings(request)
     req = schemas.parse_request(body.fields, settings)
-    request_id = idempotency_key or str(body.fields.get("request_id") or "")
+    request_id = request_id or str(body.fields.get("request_id") or "")
     job = service.submit(settings, user.id, req, request_id, body.uploads)
     return job_out(request, job, [])
 
 
-@api.post("/generations/{job_id}/cancel")
+@api.post("/generations/{job_id}/cancel", dependencies=[Depends(idempotency_key)])
 def api_cancel(request: Request, job_id: str, user: CurrentUser = Depends(require_user)) -> schemas.JobOut:
+    """Cancel the job (idempotent): a queued one at once, a running one at its next step;
+    its credits come back."""
     settings = get_app_settings(request)
     service.request_cancel(settings, user.id, job_id)
     job, images = service.get_job(settings, user.id, job_id)
@@ -293,3 +326,88 @@ def api_cancel(request: Request, job_id: str, user: CurrentUser = Depends(requir
 def api_job(request: Request, job_id: str, user: CurrentUser = Depends(require_user)) -> schemas.JobOut:
     job, images = service.get_job(get_app_settings(request), user.id, job_id)
     return job_out(request, job, images)
+
+
+@api.get(
+    "/generations/{job_id}/preview",
+    response_class=Response,
+    responses={200: {"content": {"image/jpeg": {"schema": {"type": "string", "format": "binary"}}}}},
+)
+def api_job_preview(request: Request, job_id: str, user: CurrentUser = Depends(require_user)) -> Response:
+    """The running job's latest live preview, a small JPEG (404 before the first one and
+    once the job is over)."""
+    data = service.job_preview(get_app_settings(request), user.id, job_id)
+    return Response(data, media_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
+EVENTS_DOC = """A stream of server-sent events (`text/event-stream`) while the job runs:
+
+- `progress` (data: `ProgressOut`): sent when the status, the step or the preview changes;
+- `done` (data: `JobOut`, with the images): the job is over, and the stream ends.
+
+Each event has an `id`; reconnecting with `Last-Event-ID` sends only what changed since (a
+finished job whose `done` event the client already has answers 204, which tells EventSource
+to stop). A comment line keeps an idle connection open."""
+
+
+@api.get(
+    "/generations/{job_id}/events",
+    response_class=Response,
+    description=EVENTS_DOC,
+    responses={
+        200: {"content": {"text/event-stream": {"schema": {"type": "string"}}}, "description": "The events."},
+        204: {"description": "The job is over and its final event was already received."},
+    },
+)
+async def api_job_events(
+    request: Request,
+    job_id: str,
+    last_event_id: str | None = Header(default=None, description="The id of the last event received."),
+    user: CurrentUser = Depends(require_user),
+) -> Response:
+    """The job's progress as server-sent events."""
+    # async: it only awaits (each read of the job runs in the thread pool), so a stream
+    # waiting for a job holds no thread and no database connection.
+    settings = get_app_settings(request)
+    first = await run_in_threadpool(_job_event, request, user.id, job_id)  # NotFound: a 404 before streaming
+    if first.final and first.id == last_event_id:
+        return Response(status_code=204)
+
+    def snapshot() -> events.Event:
+        try:
+            return _job_event(request, user.id, job_id)
+        except NotFound:  # deleted meanwhile (the account went): end the stream
+            return events.Event("gone", "gone", {"error": "No such job.", "field": None}, final=True)
+
+    body = events.stream(
+        snapshot,
+        poll_s=settings.api_events_poll_s,
+        keepalive_s=settings.api_events_keepalive_s,
+        max_s=settings.api_events_max_s,
+        last_event_id=last_event_id,
+        disconnected=request.is_disconnected,
+    )
+    headers = {"Cache-Control": "no-store", "X-Accel-Buffering": "no"}  # nginx: pass each event on at once
+    return StreamingResponse(body, media_type="text/event-stream", headers=headers)
+
+
+def _job_event(request: Request, user_id: int, job_id: str) -> events.Event:
+    """The job's state as its next event (a blocking read: called in the thread pool)."""
+    settings = get_app_settings(request)
+    progress = service.job_progress(settings, user_id, job_id)
+    if not progress.done:
+        out = schemas.ProgressOut(
+            id=job_id,
+            status=progress.status,
+            step=progress.step,
+            steps=progress.steps,
+            progress=min(1.0, progress.step / progress.steps) if progress.steps else 0.0,
+            preview_url=_preview_url(request, job_id, progress.step) if progress.has_preview else None,
+            cancel_requested=progress.cancel_requested,
+        )
+        event_id = f"{progress.status}.{progress.step}.{int(progress.has_preview)}.{int(progress.cancel_requested)}"
+        return events.Event("progress", event_id, out.model_dump(mode="json"))
+    job, images = service.get_job(settings, user_id, job_id)
+    return events.Event(
+        "done", JobStatus(job.status).value, job_out(request, job, images).model_dump(mode="json"), True
+    )

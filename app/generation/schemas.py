@@ -10,9 +10,9 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any, overload
+from typing import Any, Literal, overload
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.config import Settings
 from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS
@@ -347,7 +347,8 @@ class ImageOut(BaseModel):
     seed: int
     width: int
     height: int
-    url: str
+    url: str  # the PNG
+    thumbnail_url: str | None = None  # a small WebP
 
 
 class JobOut(BaseModel):
@@ -375,3 +376,63 @@ class JobOut(BaseModel):
     error: str
     created_at: datetime
     images: list[ImageOut]
+
+
+# ---- the API's documented shapes ----------------------------------------------------
+# A generation's body is read by hand and checked by parse_request (one parser, one set of
+# messages and limits for the form and the API); GenerationIn only documents it in the
+# OpenAPI schema. The limits that depend on the model or the settings are in its text.
+
+
+class GenerationIn(BaseModel):
+    """A generation request. Only ``prompt`` is needed for text to image; every other field
+    has the model's default. Image modes start from ``source_image`` (a gallery image's id)
+    or, as form data, an uploaded ``image`` (and, for ``inpaint``, a ``mask``)."""
+
+    prompt: str | None = Field(
+        default=None, description="What to paint. Midjourney-style parameters work (`--ar 16:9 --n 4`)."
+    )
+    negative_prompt: str | None = None
+    model: str | None = Field(default=None, description="A model id from `GET /api/v1/models`.")
+    size: str | None = Field(default=None, description="`WIDTHxHEIGHT`, e.g. `512x512` (or width and height).")
+    width: int | None = Field(default=None, ge=MIN_SIZE, description="A multiple of the model's size multiple.")
+    height: int | None = Field(default=None, ge=MIN_SIZE)
+    aspect: str | None = Field(default=None, description="An aspect ratio such as `16:9`, instead of a size.")
+    steps: int | None = Field(default=None, ge=1, description="At most the model's max_steps.")
+    guidance: float | None = Field(default=None, ge=0, le=MAX_GUIDANCE)
+    seed: int | None = Field(default=None, ge=0, le=MAX_SEED, description="Empty: a random seed.")
+    n: int | None = Field(default=None, ge=1, description="How many images (at most the server's limit).")
+    sampler: str | None = Field(default=None, description="One of: " + ", ".join(SAMPLERS) + ".")
+    mode: Literal["txt2img", "img2img", "inpaint", "outpaint", "variation", "upscale"] | None = None
+    strength: float | None = Field(default=None, ge=MIN_STRENGTH, le=1.0)
+    variation: Literal["subtle", "strong"] | None = None
+    upscale: Literal[2, 4] | None = None
+    extend_left: int | None = Field(default=None, ge=0, le=MAX_EXTEND)
+    extend_right: int | None = Field(default=None, ge=0, le=MAX_EXTEND)
+    extend_top: int | None = Field(default=None, ge=0, le=MAX_EXTEND)
+    extend_bottom: int | None = Field(default=None, ge=0, le=MAX_EXTEND)
+    source_image: str | None = Field(default=None, description="A gallery image's id (image modes).")
+    request_id: str | None = Field(
+        default=None, max_length=64, description="Like the Idempotency-Key header: a retry makes no second job."
+    )
+
+
+class GenerationForm(GenerationIn):
+    """The same fields as form data, with the uploads of the image modes."""
+
+    image: bytes | None = Field(default=None, json_schema_extra={"format": "binary"})
+    mask: bytes | None = Field(
+        default=None, json_schema_extra={"format": "binary"}, description="Inpainting: white where to paint."
+    )
+
+
+class ProgressOut(BaseModel):
+    """A job's ``progress`` event: where it is, and its latest live preview."""
+
+    id: str
+    status: str
+    step: int
+    steps: int
+    progress: float
+    preview_url: str | None
+    cancel_requested: bool

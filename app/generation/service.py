@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import secrets
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import ColumnElement, CursorResult, Update, and_, delete, func, or_, select, update
+from sqlalchemy import ColumnElement, CursorResult, Update, and_, delete, func, or_, select, tuple_, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -25,6 +26,7 @@ from app.enums import MODES, JobStatus, Mode
 from app.errors import NotFound, ServiceUnavailable, TooManyJobs, UserError
 from app.gallery import service as gallery
 from app.gallery.models import Image
+from app.gallery.search import Cursor
 from app.generation import images, quote
 from app.generation.catalog import get_catalog
 from app.generation.models import Job
@@ -241,8 +243,34 @@ def _check_active_cap(session: Session, settings: Settings, user_id: int) -> Non
     if (active or 0) >= cap:
         raise TooManyJobs(
             f"You already have {active} jobs queued or running, the most one account can have at once. "
-            "Submit this one when one of them has finished; nothing was charged."
+            "Submit this one when one of them has finished; nothing was charged.",
+            retry_after=_seconds_until_one_finishes(session, user_id),
         )
+
+
+RECENT_PACE_JOBS = 10  # the user's latest finished jobs that set the pace of the estimate
+MAX_RETRY_AFTER_S = 300
+
+
+def _seconds_until_one_finishes(session: Session, user_id: int) -> int:
+    """About how long until one of the user's active jobs finishes (a 429's ``Retry-After``):
+    the fewest steps any of them has left, at the pace of the user's recent jobs (seconds
+    per step, claim to finish; a second a step without any), within 1 s .. 5 min."""
+    recent = session.execute(
+        select(Job.started_at, Job.finished_at, Job.steps)
+        .where(Job.user_id == user_id, Job.status == JobStatus.SUCCEEDED, Job.started_at.is_not(None))
+        .order_by(Job.created_at.desc())
+        .limit(RECENT_PACE_JOBS)
+    ).all()
+    timed = [(finished - started, n) for started, finished, n in recent if started and finished]
+    seconds = sum(took.total_seconds() for took, _ in timed)
+    steps = sum(n for _, n in timed)
+    pace = seconds / steps if steps and seconds > 0 else 1.0
+    left = session.execute(
+        select(Job.status, Job.steps, Job.progress_step).where(Job.user_id == user_id, Job.status.in_(ACTIVE))
+    ).all()
+    fewest = min((n - done if status == JobStatus.RUNNING else n for status, n, done in left), default=1)
+    return max(1, min(MAX_RETRY_AFTER_S, round(max(1, fewest) * pace)))
 
 
 def _store_input(storage: Storage, job: Job, name: str, png: bytes | None) -> str | None:
@@ -299,6 +327,73 @@ def recent_jobs(settings: Settings, user_id: int, limit: int) -> list[tuple[Job,
             select(Job).where(Job.user_id == user_id).order_by(Job.created_at.desc()).limit(limit)
         ).all()
         return [(job, job_images(session, job)) for job in jobs]
+
+
+JOBS_PAGE = 20
+
+
+@dataclass(frozen=True)
+class JobPage:
+    jobs: list[tuple[Job, list[Image]]]
+    next_cursor: str | None
+
+
+def list_jobs(
+    settings: Settings, user_id: int, statuses: Sequence[str] = (), after: str | None = None, limit: int = JOBS_PAGE
+) -> JobPage:
+    """One keyset page of the user's jobs, newest first (``statuses``: only those), each with
+    its images; ``after`` is the previous page's ``next_cursor``."""
+    for status in statuses:
+        if status not in JobStatus.__members__.values():
+            choices = ", ".join(JobStatus)
+            raise UserError(f"Unknown status {status[:20]!r}; choose from {choices}.", field="status")
+    cursor = Cursor.decode(after) if after else None
+    query = select(Job).where(Job.user_id == user_id)
+    if statuses:
+        query = query.where(Job.status.in_(statuses))
+    if cursor is not None:
+        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(cursor.created_at, cursor.id))
+    query = query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)
+    with reading(settings) as session:
+        jobs = list(session.scalars(query))
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        found: dict[str, list[Image]] = {job.id: [] for job in jobs}
+        for image in session.scalars(
+            select(Image).where(Image.job_id.in_(list(found))).order_by(Image.job_id, Image.index)
+        ):
+            found[image.job_id].append(image)
+    next_cursor = Cursor(jobs[-1].created_at, jobs[-1].id).encode() if more else None
+    return JobPage([(job, found[job.id]) for job in jobs], next_cursor)
+
+
+@dataclass(frozen=True)
+class Progress:
+    """What a job's event stream watches: a few columns of its row."""
+
+    status: str
+    step: int
+    steps: int
+    has_preview: bool
+    cancel_requested: bool
+
+    @property
+    def done(self) -> bool:
+        return JobStatus(self.status).finished
+
+
+def job_progress(settings: Settings, user_id: int, job_id: str) -> Progress:
+    """The user's job's status and progress (one short read), or NotFound."""
+    with reading(settings) as session:
+        row = session.execute(
+            select(Job.status, Job.progress_step, Job.steps, Job.preview_key, Job.cancel_requested).where(
+                Job.id == job_id, Job.user_id == user_id
+            )
+        ).first()
+    if row is None:
+        raise NotFound("No such job.")
+    status, step, steps, preview_key, cancel = row
+    return Progress(status, step, steps, bool(preview_key), bool(cancel))
 
 
 def source_image(settings: Settings, user_id: int, image_id: str) -> SourceImage | None:

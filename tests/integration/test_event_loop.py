@@ -225,3 +225,43 @@ def test_a_large_zip_download_does_not_hold_up_other_requests(tmp_path, monkeypa
     assert response.status_code == 200 and response.headers["content-type"] == "application/zip"
     with zipfile.ZipFile(io.BytesIO(response.content)) as archive:
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 24
+
+
+def test_open_event_streams_hold_no_thread(tmp_path):
+    """More streams than the thread pool has threads, all waiting on a job no worker takes:
+    each holds only its connection, so other requests answer in their normal time."""
+    streams = 45  # the thread pool runs 40 at once
+    settings = migrated(make_settings(tmp_path / "data", BUILTIN_TINY_MODEL, api_events_poll_s=1.0))
+    with live_server(create_app(settings)) as url:
+        with httpx.Client(base_url=url) as browser:
+            csrf = signed_up(browser, settings)
+            job = browser.post(
+                "/api/v1/generations", json={"prompt": "a queue that never moves"}, headers={"X-CSRF-Token": csrf}
+            ).json()
+            cookies = dict(browser.cookies)
+        normal = normal_times(url)
+        listening, all_listening, leave = [], threading.Event(), threading.Event()
+        lock = threading.Lock()
+
+        def listen(_: int) -> str:
+            with httpx.Client(base_url=url, cookies=cookies, timeout=SLOW_S) as http:
+                with http.stream("GET", f"/api/v1/generations/{job['id']}/events") as stream:
+                    seen = ""
+                    for text in stream.iter_text():
+                        seen += text
+                        if "event: progress" in seen:
+                            break
+                    with lock:
+                        listening.append(1)
+                        if len(listening) == streams:
+                            all_listening.set()
+                    leave.wait(SLOW_S)
+                    return seen
+
+        def listen_all() -> list[str]:
+            with ThreadPoolExecutor(streams) as pool:
+                return list(pool.map(listen, range(streams)))
+
+        with in_flight(listen_all, under_way=all_listening, release=leave.set) as listened:
+            assert_answers_promptly(url, normal)
+    assert all('"status":"queued"' in seen for seen in listened.result())

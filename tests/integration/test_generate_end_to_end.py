@@ -103,3 +103,45 @@ def test_a_job_whose_pipeline_raises_fails_and_costs_nothing(tmp_path, broken_mo
     with transaction(settings) as session:
         kinds = [e.kind for e in session.scalars(select(ledger.LedgerEntry).order_by(ledger.LedgerEntry.id))]
     assert kinds == ["grant", "hold", "release"]
+
+
+def test_a_jobs_events_stream_its_progress_then_its_images(settings, start_worker):
+    """A script follows its job over server-sent events (httpx, streaming from a real uvicorn)
+    instead of polling: each change once, then the final state with the images."""
+    import json
+
+    import httpx
+
+    from app.main import create_app
+    from tests.integration.test_event_loop import live_server, signed_up
+
+    start_worker(settings)
+    with live_server(create_app(settings)) as url, httpx.Client(base_url=url) as http:
+        csrf = signed_up(http, settings)
+        submitted = http.post(
+            "/api/v1/generations",
+            json={"prompt": "a lighthouse at dusk", "size": "64x64", "steps": 12, "n": 2},
+            headers={"X-CSRF-Token": csrf},
+        )
+        assert submitted.status_code == 202, submitted.text
+        job_id = submitted.json()["id"]
+        received: list[tuple[str, str, dict]] = []
+        with http.stream("GET", f"/api/v1/generations/{job_id}/events", timeout=180) as stream:
+            assert stream.headers["content-type"].startswith("text/event-stream")
+            for block in stream.iter_text():  # events arrive as they happen, not at the end
+                for event in block.strip().split("\n\n"):
+                    fields = dict(line.split(": ", 1) for line in event.splitlines() if not line.startswith(":"))
+                    if "event" in fields:
+                        received.append((fields["id"], fields["event"], json.loads(fields["data"])))
+        *progress, (last_id, final, job) = received
+        assert final == "done" and job["status"] == "succeeded" and len(job["images"]) == 2
+        assert progress and all(name == "progress" for _, name, _ in progress)
+        ids = [event_id for event_id, _, _ in received]
+        assert len(ids) == len(set(ids))  # each state once
+        steps = [data["step"] for _, _, data in progress]
+        assert steps == sorted(steps) and any(data["status"] == "running" for _, _, data in progress)
+        png = http.get(job["images"][0]["url"])
+        assert png.status_code == 200 and png.headers["content-type"] == "image/png"
+        # the client that already has the final event is told to stop reconnecting
+        again = http.get(f"/api/v1/generations/{job_id}/events", headers={"Last-Event-ID": last_id})
+        assert again.status_code == 204

@@ -230,7 +230,11 @@ def test_htmx_submit_returns_the_job_card_and_a_fresh_request_id(user_client):
         headers=headers,
     )
     assert ok.status_code == 200
-    assert 'class="job job-queued"' in ok.text and 'hx-trigger="every 600ms"' in ok.text
+    assert 'class="job job-queued"' in ok.text
+    job_id = re.search(r'id="job-([\w-]+)"', ok.text).group(1)
+    # the card follows its job's event stream (static/js/jobs.js), and fetches itself on a change of status
+    assert f'data-job-events="/api/v1/generations/{job_id}/events"' in ok.text
+    assert 'hx-trigger="job-refresh"' in ok.text
     assert re.search(r'id="request-id" value="(\w+)" hx-swap-oob="true"', ok.text).group(1) != "h1"
     bad = user_client.http.post("/generate", data={"prompt": " ", "size": "64x64", "request_id": "h2"}, headers=headers)
     assert bad.status_code == 422 and bad.headers["HX-Retarget"] == "#form-error"
