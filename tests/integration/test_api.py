@@ -106,7 +106,8 @@ def test_every_api_error_has_the_one_shape(ada, method, path, status, message):
 def test_without_a_session_the_api_answers_401_never_a_redirect(client):
     for path in ("/api/v1/generations", "/api/v1/balance", "/api/v1/images", "/api/v1/collections"):
         response = client.get(path)
-        assert (response.status_code, response.json()) == (401, {"error": "Please log in.", "field": None})
+        assert response.status_code == 401 and set(response.json()) == {"error", "field"}
+        assert "Authorization: Bearer gch_" in response.json()["error"]  # says how to authenticate
 
 
 # ---- jobs ----------------------------------------------------------------------------------
