@@ -23,6 +23,7 @@ FROM base AS web
 RUN pip install --constraint requirements.lock -e .
 COPY migrations ./migrations
 COPY templates ./templates
+COPY docs/api-guide.md ./docs/api-guide.md
 COPY static ./static
 COPY --from=assets /src/node_modules/htmx.org/dist/htmx.min.js ./static/vendor/htmx.min.js
 COPY --from=assets /src/node_modules/swagger-ui-dist/swagger-ui-bundle.js /src/node_modules/swagger-ui-dist/swagger-ui.css ./static/vendor/swagger-ui/
@@ -38,6 +39,7 @@ RUN pip install --constraint requirements.lock "${TORCH}"
 RUN pip install --constraint requirements.lock -e ".[worker]"
 COPY migrations ./migrations
 COPY templates ./templates
+COPY docs/api-guide.md ./docs/api-guide.md
 COPY static ./static
 COPY models ./models
 COPY --from=assets /src/node_modules/htmx.org/dist/htmx.min.js ./static/vendor/htmx.min.js

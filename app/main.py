@@ -80,6 +80,7 @@ async def _user_error_body(request: Request, exc: UserError):
     return await _render(request, "error.html", status_code=exc.status_code, error=exc)
 
 
+API_GUIDE = REPO_ROOT / "docs" / "api-guide.md"
 SWAGGER_UI = "vendor/swagger-ui"  # from the swagger-ui-dist npm package (scripts/install)
 
 
@@ -90,7 +91,14 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         migrate.check_current(settings)  # refuse to serve an un-migrated database
 
     # The API docs are served from our own route (Swagger UI from static/, not a CDN); no ReDoc.
-    app = FastAPI(title="Gouache", version="0.1.0", docs_url=None, redoc_url=None, openapi_url="/api/openapi.json")
+    app = FastAPI(
+        title="Gouache",
+        version="0.1.0",
+        description=API_GUIDE.read_text(encoding="utf-8"),  # the short guide atop /api/docs
+        docs_url=None,
+        redoc_url=None,
+        openapi_url="/api/openapi.json",
+    )
     app.state.settings = settings
     app.state.throttle = Throttle(settings)  # failed logins, sign-ups, password-hashing turns
 

@@ -342,3 +342,12 @@ def test_another_users_images_and_collections_are_not_found(ada, eve, pictures):
     assert eve.api_post(f"/api/v1/collections/{theirs['id']}/images", {"image_ids": [image]}).status_code == 404
     assert eve.get("/api/v1/images").json() == {"items": [], "next_cursor": None}
     assert ada.get(f"/api/v1/images/{image}").json()["favourite"] is False
+
+
+def test_the_api_docs_open_with_the_guide(client):
+    """/api/docs shows a short guide above the reference: keys, the OpenAI client, the event stream."""
+    guide = client.get("/api/openapi.json").json()["info"]["description"]
+    assert "Authorization: Bearer gch_" in guide and 'OpenAI(base_url="https://YOUR-STUDIO/v1"' in guide
+    assert "/events" in guide
+    page = client.get("/api/docs")
+    assert page.status_code == 200 and "/static/vendor/swagger-ui/swagger-ui-bundle.js" in page.text
