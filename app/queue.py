@@ -47,6 +47,7 @@ def configure(celery: Celery, settings: Settings) -> Celery:
     )
     if settings.broker_url.startswith("sqla+"):
         _poll_sql_broker_every(settings.broker_poll_s)
+        _sql_broker_queues_made_once()
     return celery
 
 
@@ -59,6 +60,30 @@ def _poll_sql_broker_every(seconds: float) -> None:
     from kombu.transport import sqlalchemy as kombu_sqlalchemy
 
     kombu_sqlalchemy.Transport.polling_interval = seconds
+
+
+def _sql_broker_queues_made_once() -> None:
+    """kombu's SQLAlchemy transport makes a queue's row on first use with a query, then an
+    insert guarded by a lock of its own process only. Two processes doing it at once (two
+    workers starting together, or a worker and the web's first send) collide on the unique
+    name: one of them crashes (a worker exits; a submit fails). Here the loser of that race
+    takes the row the winner made instead."""
+    from kombu.transport.sqlalchemy import Channel
+    from sqlalchemy.exc import IntegrityError
+
+    if getattr(Channel._get_or_create, "_gouache", False):
+        return
+    original = Channel._get_or_create
+
+    def get_or_create(self, queue):
+        try:
+            return original(self, queue)
+        except IntegrityError:  # another process made it between our query and our insert
+            self.session.rollback()
+            return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
+
+    get_or_create._gouache = True  # type: ignore[attr-defined]
+    Channel._get_or_create = get_or_create
 
 
 def ensure_data_dir(settings: Settings) -> None:

@@ -28,3 +28,38 @@ def test_a_job_sent_to_the_sqlite_broker_is_stored_there(make_settings, tmp_path
     with broker.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM kombu_message")).scalar() == 1
     broker.dispose()
+
+
+def test_two_processes_making_the_same_broker_queue_at_once_both_get_it(make_settings, tmp_path):
+    """kombu's SQL transport guards a queue's creation with a lock of its own process only;
+    the loser of a race between processes used to crash (a worker starting next to another
+    exited). The row another process inserted between our query and our insert is taken."""
+    from celery import Celery
+    from kombu import Connection
+
+    from app.queue import configure
+
+    settings = make_settings(tmp_path)
+    configure(Celery(set_as_current=False), settings)
+    with Connection(settings.broker_url) as first, Connection(settings.broker_url) as second:
+        mine, theirs = first.default_channel, second.default_channel
+        made_elsewhere = theirs._get_or_create("generate.default")
+        real_query = mine.session.query
+        misses = iter([True, True])  # our two looks happen before the other process commits
+
+        class NotYetVisible:
+            def __init__(self, query):
+                self.query = query
+
+            def filter(self, *args):
+                return NotYetVisible(self.query.filter(*args))
+
+            def first(self):
+                return None if next(misses, False) else self.query.first()
+
+            def one(self):
+                return self.query.one()
+
+        mine.session.query = lambda *args: NotYetVisible(real_query(*args))
+        got = mine._get_or_create("generate.default")
+        assert got.name == "generate.default" and got.id == made_elsewhere.id
