@@ -208,6 +208,23 @@ class Settings(BaseSettings):
     api_events_keepalive_s: float = Field(default=15.0, gt=0)
     api_events_max_s: float = Field(default=600.0, gt=0)
 
+    # ---- Throughput (issue 16): batching compatible jobs, the GPU path (workers/) ----
+    # A worker runs queued jobs that share model, mode, size, steps, sampler and guidance
+    # as one pipeline call, up to this many images in all (1: one job per call), gathered
+    # for at most this long after the first (a lone job waits no longer than that).
+    batch_max_images: int = Field(default=8, ge=1, le=64)
+    batch_window_ms: int = Field(default=50, ge=0, le=5000)
+    # Weights' precision: auto is float16 on CUDA and float32 elsewhere.
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = "auto"
+    # torch.compile the UNet, compiled and warmed at the default size before the worker
+    # reports ready (minutes at start; faster steps after).
+    compile: bool = False
+    # Decode images of more than this² pixels in VAE tiles (0: never).
+    vae_tiling_above: int = Field(default=1536, ge=0)
+    # A replacement VAE for the model without a catalog (GOUACHE_MODEL), e.g. the fp16-safe
+    # SDXL one "madebyollin/sdxl-vae-fp16-fix"; a catalog entry names its own ("vae").
+    model_vae: str = ""
+
     @model_validator(mode="after")
     def _embedded_defaults(self) -> Settings:
         self.data_dir = self.data_dir.resolve()

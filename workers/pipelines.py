@@ -9,6 +9,13 @@ A worker serving several catalog models keeps the pipelines it loaded in an LRU
 bounded by ``GOUACHE_WORKER_MODEL_MEMORY_MB``: a pipeline's size is the bytes of its
 parameters and buffers, and least recently used pipelines are dropped until the
 new one fits (the one being loaded always stays, even alone over the budget).
+
+The GPU path (:class:`Options`, from the settings and the model's catalog entry): weights
+in ``GOUACHE_DTYPE`` (auto: float16 on CUDA, float32 elsewhere), read from the model's
+``fp16`` variant files where it has them; on CUDA, channels-last UNet and VAE and fused
+QKV projections; optionally ``torch.compile`` (``GOUACHE_COMPILE``, warmed when the worker
+starts); VAE tiling above ``GOUACHE_VAE_TILING_ABOVE``; a replacement VAE (the fp16-safe
+SDXL one) and the safety checker only where the catalog names them.
 """
 
 from __future__ import annotations
@@ -19,13 +26,14 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, TypeAlias
 
 import torch
 from PIL import Image
 
 from app.config import Settings
-from app.generation.catalog import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR
+from app.generation.catalog import BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL, DEMO_MODEL_DIR, get_catalog
 from app.generation.images import Box, feather_mask
 
 # A diffusers pipeline. Its components (unet, vae, scheduler ...) are attributes it
@@ -122,6 +130,110 @@ def _evict_for(ref: str, size: int, budget: int) -> None:
         _free_memory()
 
 
+DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+
+
+def choose_dtype(setting: str, device: str) -> torch.dtype:
+    """``GOUACHE_DTYPE`` for ``device``: auto is float16 on CUDA and float32 elsewhere
+    (half precision on a CPU is slow and, for some kernels, missing)."""
+    if setting == "auto":
+        return torch.float16 if device.startswith("cuda") else torch.float32
+    return DTYPES[setting]
+
+
+@dataclass(frozen=True)
+class Options:
+    """How a model is loaded and run on this worker (see the module's docstring)."""
+
+    device: str = "cpu"
+    dtype: torch.dtype = torch.float32
+    channels_last: bool = False
+    fuse_qkv: bool = False
+    compile: bool = False
+    vae_tiling_above: int = 0  # tile the VAE for images of more than this² pixels (0: never)
+    vae: str = ""  # a replacement VAE's hub id or folder ("": the model's own)
+    safety_checker: bool = False  # keep the model's safety checker (else it is not loaded)
+
+
+def options_for(settings: Settings, ref: str) -> Options:
+    """The options for ``ref`` on this worker: the settings, and the catalog entry whose
+    source (or id) it is, if any."""
+    device = pick_device(settings.device)
+    cuda = device.startswith("cuda")
+    spec = get_catalog(settings).find(ref)
+    return Options(
+        device=device,
+        dtype=choose_dtype(settings.dtype, device),
+        channels_last=cuda,
+        fuse_qkv=cuda,
+        compile=settings.compile,
+        vae_tiling_above=settings.vae_tiling_above,
+        vae=spec.vae if spec is not None else "",
+        safety_checker=spec.safety_checker if spec is not None else False,
+    )
+
+
+def from_pretrained(source: str, options: Options) -> Pipeline:
+    """Read the pipeline's weights (into host memory): the model's ``fp16`` variant files
+    when the dtype is a half one and the model has them (half the bytes to read), else its
+    full-precision files cast to the dtype."""
+    from diffusers import AutoencoderKL, AutoPipelineForText2Image
+
+    kwargs: dict[str, Any] = {"torch_dtype": options.dtype}
+    if not options.safety_checker and "safety_checker" in _model_index(source):
+        # the hub SD 1.x/2.x checker, only where the catalog asks for it: not even loaded
+        kwargs.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
+    if options.vae:
+        kwargs["vae"] = AutoencoderKL.from_pretrained(options.vae, torch_dtype=options.dtype)
+    if options.dtype in (torch.float16, torch.bfloat16):
+        try:
+            return AutoPipelineForText2Image.from_pretrained(source, variant="fp16", **kwargs)
+        except (OSError, ValueError) as exc:  # no fp16 files: the full-precision ones, cast
+            log.info("model %s has no fp16 variant (%s); casting its weights", source, str(exc).splitlines()[0][:200])
+    return AutoPipelineForText2Image.from_pretrained(source, **kwargs)
+
+
+def _model_index(source: str) -> dict[str, Any]:
+    """The pipeline's ``model_index.json`` (its components), or {} if it cannot be read."""
+    from diffusers import DiffusionPipeline
+
+    try:
+        return dict(DiffusionPipeline.load_config(source))
+    except (OSError, ValueError):
+        return {}
+
+
+def optimise(pipe: Pipeline, options: Options) -> Pipeline:
+    """Apply the run-time options to a pipeline already on its device."""
+    if options.channels_last:
+        for name in ("unet", "vae"):
+            module = getattr(pipe, name, None)
+            if isinstance(module, torch.nn.Module):
+                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch takes it
+    if options.fuse_qkv and hasattr(pipe, "fuse_qkv_projections"):
+        try:
+            # the VAE's attention too where it is an AutoencoderKL (not the demo's tiny one)
+            pipe.fuse_qkv_projections(vae=type(pipe.vae).__name__ == "AutoencoderKL")
+        except (ValueError, AttributeError, NotImplementedError) as exc:  # a model with added KV projections
+            log.info("no fused QKV projections for %s: %s", type(pipe).__name__, exc)
+    if options.compile and isinstance(getattr(pipe, "unet", None), torch.nn.Module):
+        # in place: the module keeps its class (and config); compiled on its first call
+        pipe.unet.compile(fullgraph=True, mode="max-autotune-no-cudagraphs")
+    pipe._gouache_vae_tiling_above = options.vae_tiling_above
+    return pipe
+
+
+def use_vae_tiling(pipe: Pipeline, width: int, height: int) -> bool:
+    """Decode in tiles when the image is over the pipeline's tiling size (a 2048² decode
+    in one piece needs tens of GB); whether it does."""
+    above = getattr(pipe, "_gouache_vae_tiling_above", 0)
+    tiled = bool(above) and width * height > above * above
+    vae = getattr(pipe, "vae", None)
+    if vae is not None and hasattr(vae, "enable_tiling"):
+        vae.enable_tiling() if tiled else vae.disable_tiling()
+    return tiled
+
+
 def load(settings: Settings, ref: str) -> Pipeline:
     """The text-to-image pipeline for ``ref``: loaded once, then kept warm while the
     worker's memory budget allows."""
@@ -130,18 +242,15 @@ def load(settings: Settings, ref: str) -> Pipeline:
         if pipe is not None:
             _loaded.move_to_end(ref)
             return pipe
-        from diffusers import AutoPipelineForText2Image
-
-        device = pick_device(settings.device)
-        dtype = torch.float16 if device.startswith("cuda") else torch.float32
+        options = options_for(settings, ref)
         source = resolve(settings, ref)
-        log.info("loading model %s on %s", source, device)
+        log.info("loading model %s on %s (%s)", source, options.device, str(options.dtype).removeprefix("torch."))
         # Weights arrive in host memory: measure them, and make room on the device
         # before moving them there.
-        pipe = AutoPipelineForText2Image.from_pretrained(source, torch_dtype=dtype)
+        pipe = from_pretrained(source, options)
         size = pipeline_bytes(pipe)
         _evict_for(ref, size, settings.worker_model_memory_mb * 2**20)
-        pipe = pipe.to(device)
+        pipe = optimise(pipe.to(options.device), options)
         pipe.set_progress_bar_config(disable=True)
         _loaded[ref] = pipe
         _sizes[ref] = size
@@ -215,9 +324,7 @@ def sample(
     denoising steps actually run (image-to-image runs ``steps × strength`` of them),
     and gets the current latents for a preview; an exception it raises stops the run.
     Returns ``[(PIL image, seed), ...]``."""
-    seeds = [(seed + i) % 2**32 for i in range(n_images)]
-    # CPU generators: the same seed gives the same image on any device.
-    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
+    seeds = image_seeds(seed, n_images)
     kwargs: dict[str, Any] = {"width": width, "height": height}
     runner = pipe
     if image is not None:
@@ -225,30 +332,123 @@ def sample(
         kwargs = {"image": image, "strength": 1.0 if strength is None else strength}
         if mask is not None:
             kwargs.update(mask_image=mask, width=width, height=height)
+    images = _call(
+        runner,
+        prompt=prompt,
+        negative_prompt=negative_prompt or None,
+        num_images_per_prompt=n_images,
+        seeds=seeds,
+        size=(width, height),
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        on_step=on_step,
+        **kwargs,
+    )
+    if mask is not None and image is not None:
+        # Only the masked area may change: paste the original back over the rest, as
+        # AUTOMATIC1111 and DreamStudio do (the VAE's round trip would blur it).
+        images = [runner.image_processor.apply_overlay(mask, image, out) for out in images]
+    return list(zip(images, seeds, strict=True))
+
+
+@dataclass(frozen=True)
+class Request:
+    """One job's share of a batched text-to-image call: its prompts, and its images'
+    first seed (image i uses ``seed + i``, as when it runs alone)."""
+
+    prompt: str
+    negative_prompt: str
+    seed: int
+    n_images: int
+
+
+def sample_batch(
+    pipe: Pipeline,
+    requests: Sequence[Request],
+    *,
+    width: int,
+    height: int,
+    steps: int,
+    guidance: float,
+    sampler: str = "euler",
+    on_step: StepCallback | None = None,
+) -> list[list[tuple[Image.Image, int]]]:
+    """Text-to-image for several jobs that share the size, steps, guidance and sampler, in
+    ONE pipeline call: each image gets its own prompt, negative prompt and generator (CPU,
+    seeded as :func:`sample` seeds it), so each job's images are the ones it would make
+    alone (to rounding: the batch's arithmetic is grouped differently). ``on_step`` gets
+    the whole batch's latents, its images in ``requests``' order. Returns each request's
+    ``[(PIL image, seed), ...]``."""
+    if len({bool(request.negative_prompt) for request in requests}) > 1:
+        # SDXL encodes no negative prompt as zeros, an empty one as text: not the same images
+        raise ValueError("a batch's requests must all have a negative prompt, or none")
+    prompts: list[str] = []
+    negatives: list[str] = []
+    seeds: list[int] = []
+    for request in requests:
+        prompts += [request.prompt] * request.n_images
+        negatives += [request.negative_prompt] * request.n_images
+        seeds += image_seeds(request.seed, request.n_images)
+    images = _call(
+        pipe,
+        prompt=prompts,
+        negative_prompt=negatives if any(negatives) else None,
+        num_images_per_prompt=1,
+        seeds=seeds,
+        size=(width, height),
+        steps=steps,
+        guidance=guidance,
+        sampler=sampler,
+        on_step=on_step,
+        width=width,
+        height=height,
+    )
+    made = list(zip(images, seeds, strict=True))
+    out: list[list[tuple[Image.Image, int]]] = []
+    for request in requests:
+        out.append(made[: request.n_images])
+        made = made[request.n_images :]
+    return out
+
+
+def image_seeds(seed: int, n_images: int) -> list[int]:
+    return [(seed + i) % 2**32 for i in range(n_images)]
+
+
+def _call(
+    runner: Pipeline,
+    *,
+    seeds: list[int],
+    size: tuple[int, int],
+    steps: int,
+    guidance: float,
+    sampler: str,
+    on_step: StepCallback | None,
+    **kwargs: Any,
+) -> list[Image.Image]:
+    """One pipeline call: its sampler, VAE tiling and per-image CPU generators (the same
+    seed gives the same image on any device); ``on_step`` after each step."""
     use_sampler(runner, sampler)
+    use_vae_tiling(runner, *size)
+    generators = [torch.Generator(device="cpu").manual_seed(s) for s in seeds]
 
     def on_step_end(pipe_: Pipeline, step: int, _timestep: Any, callback_kwargs: dict[str, Any]) -> dict[str, Any]:
+        # Only Python ints here and the latents handed on as they are: nothing waits for
+        # the device (a preview copies them only when one is due: workers/tasks.py).
         if on_step is not None:
             total = max(1, getattr(pipe_, "num_timesteps", steps) or steps)
             on_step(step + 1, total, callback_kwargs.get("latents"))
         return callback_kwargs
 
     result = runner(
-        prompt=prompt,
-        negative_prompt=negative_prompt or None,
         num_inference_steps=steps,
         guidance_scale=guidance,
-        num_images_per_prompt=n_images,
         generator=generators,
         callback_on_step_end=on_step_end,
         **kwargs,
     )
-    images = result.images
-    if mask is not None:
-        # Only the masked area may change: paste the original back over the rest, as
-        # AUTOMATIC1111 and DreamStudio do (the VAE's round trip would blur it).
-        images = [runner.image_processor.apply_overlay(mask, image, out) for out in images]
-    return list(zip(images, seeds, strict=True))
+    return list(result.images)
 
 
 def upscale(
@@ -318,8 +518,39 @@ _SDXL_LATENT_RGB = (
 _SDXL_BIAS = (0.1084, -0.0175, -0.0011)
 
 
-def preview(pipe: Pipeline, latents: torch.Tensor, max_side: int = 256) -> Image.Image:
+@dataclass(frozen=True)
+class HostCopy:
+    """Latents on their way to host memory: an asynchronous copy from the GPU, and the
+    event that marks it done (the pipeline's thread never waits for it)."""
+
+    tensor: torch.Tensor
+    ready: Any  # torch.cuda.Event
+
+    def wait(self) -> torch.Tensor:
+        self.ready.synchronize()
+        return self.tensor
+
+
+Latents: TypeAlias = "torch.Tensor | HostCopy"
+
+
+def snapshot(latents: torch.Tensor) -> Latents:
+    """A copy of ``latents`` the next steps cannot change, taken without waiting for the
+    device: on CUDA, queued behind the step that made them into pinned host memory."""
+    latents = latents.detach()
+    if latents.device.type != "cuda":
+        return latents.clone()
+    host = torch.empty(latents.shape, dtype=latents.dtype, pin_memory=True)
+    host.copy_(latents, non_blocking=True)
+    ready = torch.cuda.Event()
+    ready.record()
+    return HostCopy(host, ready)
+
+
+def preview(pipe: Pipeline, latents: Latents, max_side: int = 256) -> Image.Image:
     """A rough RGB picture of the first image's latents, as a PIL image."""
+    if isinstance(latents, HostCopy):
+        latents = latents.wait()
     x = latents[0].detach().float().cpu()
     if x.shape[0] == 4 and type(pipe.vae).__name__ == "AutoencoderKL":
         xl = "XL" in type(pipe).__name__

@@ -96,6 +96,10 @@ class ModelSpec(BaseModel):
     price_multiplier: float = Field(default=1.0, gt=0)
     licence: Licence
     example_prompts: tuple[str, ...] = ()
+    # Loading (workers/pipelines.py): a replacement VAE's hub id or folder ("": the model's
+    # own), and whether to run the model's own safety checker (off unless asked for).
+    vae: str = ""
+    safety_checker: bool = False
 
     @field_validator("source")
     @classmethod
@@ -306,6 +310,7 @@ def from_settings(settings: Settings) -> Catalog:
                 description=description,
                 licence=licence,
                 example_prompts=examples,
+                vae=settings.model_vae,
                 **values,
             )
         ]
@@ -331,6 +336,7 @@ _CATALOG_SETTINGS = frozenset(
         "model_default_guidance",
         "model_size_multiple",
         "model_price_multiplier",
+        "model_vae",
     }
 )
 

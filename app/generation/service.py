@@ -556,6 +556,59 @@ def claim(settings: Settings, job_id: str) -> Job | None:
         return session.get(Job, job_id) if taken else None
 
 
+def claim_compatible(settings: Settings, job: Job, max_images: int) -> list[Job]:
+    """Start attempts of queued jobs that can share ``job``'s pipeline call (same model,
+    mode, size, steps, sampler, guidance and strength, and a negative prompt if and only
+    if ``job`` has one: SDXL encodes no negative prompt as zeros, an empty one as text; the
+    oldest first), up to ``max_images`` images in all; each claimed exactly as
+    :func:`claim` claims one (its own attempt and lease), so their own deliveries later
+    find them taken. A job whose owner asked to cancel is left for its Cancel to settle."""
+    if max_images <= 0:
+        return []
+    same = [
+        Job.negative_prompt != "" if job.negative_prompt else Job.negative_prompt == "",
+        Job.status == JobStatus.QUEUED,
+        Job.id != job.id,
+        Job.model == job.model,
+        Job.mode == job.mode,
+        Job.width == job.width,
+        Job.height == job.height,
+        Job.steps == job.steps,
+        Job.sampler == job.sampler,
+        Job.guidance == job.guidance,
+        Job.strength.is_(None) if job.strength is None else Job.strength == job.strength,
+        Job.n_images <= max_images,
+        Job.cancel_requested.is_(False),
+        Job.attempts < settings.job_max_attempts,
+    ]
+    now = utcnow()
+    with transaction(settings) as session:
+        candidates = session.execute(
+            select(Job.id, Job.n_images).where(*same).order_by(Job.created_at, Job.id).limit(max_images)
+        ).all()
+        taken: list[str] = []
+        for job_id, n_images in candidates:
+            if n_images > max_images:
+                continue
+            won = _updated(
+                session,
+                update(Job)
+                .where(Job.id == job_id, *same)
+                .values(
+                    status=JobStatus.RUNNING,
+                    attempts=Job.attempts + 1,
+                    started_at=now,
+                    heartbeat_at=now,
+                    lease_expires_at=now + timedelta(seconds=settings.job_lease_s),
+                    progress_step=0,
+                ),
+            )
+            if won:
+                taken.append(job_id)
+                max_images -= n_images
+        return [session.get_one(Job, job_id) for job_id in taken]
+
+
 @dataclass(frozen=True)
 class Lease:
     """What a renewal found: whether this attempt still holds the job, and whether its
