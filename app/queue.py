@@ -83,7 +83,7 @@ def _sql_broker_queues_made_once() -> None:
             return self.session.query(self.queue_cls).filter(self.queue_cls.name == queue).one()
 
     get_or_create._gouache = True  # type: ignore[attr-defined]
-    setattr(Channel, "_get_or_create", get_or_create)
+    Channel._get_or_create = get_or_create  # type: ignore[method-assign]
 
 
 def ensure_data_dir(settings: Settings) -> None:
