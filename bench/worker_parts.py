@@ -36,12 +36,14 @@ from app.db import transaction  # noqa: E402
 from app.gallery import thumbnails  # noqa: E402
 from app.generation import metadata, schemas, service  # noqa: E402
 from app.migrate import upgrade  # noqa: E402
+from bench.serving import direct  # noqa: E402  (the same direct call serving.py times)
 
 PARTS: dict[str, list[float]] = {}
+RECORDING = [False]  # only the worker's calls count as its parts, not the direct calls
 
 
 def timed(module: Any, name: str, label: str) -> None:
-    """Wrap ``module.name`` so each call's duration is kept under ``label``."""
+    """Wrap ``module.name`` so each call's duration (while recording) is kept under ``label``."""
     inner: Callable[..., Any] = getattr(module, name)
 
     @functools.wraps(inner)
@@ -50,7 +52,8 @@ def timed(module: Any, name: str, label: str) -> None:
         try:
             return inner(*args, **kwargs)
         finally:
-            PARTS.setdefault(label, []).append(time.perf_counter() - started)
+            if RECORDING[0]:
+                PARTS.setdefault(label, []).append(time.perf_counter() - started)
 
     setattr(module, name, wrapper)
 
@@ -60,9 +63,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=8)
     parser.add_argument("--model", default="builtin:demo")
     parser.add_argument("--preview-every", type=int, default=None, help="override GOUACHE_PREVIEW_EVERY")
+    parser.add_argument(
+        "--batch-window-ms", type=int, default=None, help="override GOUACHE_BATCH_WINDOW_MS (a lone job waits it)"
+    )
     args = parser.parse_args()
 
-    extra = {} if args.preview_every is None else {"preview_every": args.preview_every}
+    extra: dict[str, Any] = {} if args.preview_every is None else {"preview_every": args.preview_every}
+    if args.batch_window_ms is not None:
+        extra["batch_window_ms"] = args.batch_window_ms
     settings = Settings(
         _env_file=None, data_dir=Path(tempfile.mkdtemp(prefix="gouache-bench-")), model=args.model, **extra
     )
@@ -74,7 +82,6 @@ def main() -> None:
         user_id = accounts.sign_up(session, "bench@example.com", "a long enough passphrase").id
         ledger.grant(session, user_id, 10**9, memo="bench", key="bench")
 
-    sample = pipelines.sample  # the direct calls: not counted among the worker's parts
     for module, name, label in (
         (service, "claim", "claim (a write transaction)"),
         (pipelines, "sample", "pipeline"),
@@ -88,33 +95,21 @@ def main() -> None:
         req = schemas.parse_request({"prompt": "a red circle on a blue background", "seed": 7}, settings)
         return service.submit(settings, user_id, req, uuid.uuid4().hex)
 
-    def direct(job: Any) -> float:
-        pipe = pipelines.load(settings, tasks.model_of(settings, job).source)
-        started = time.perf_counter()
-        sample(
-            pipe,
-            prompt=job.prompt,
-            negative_prompt=job.negative_prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            guidance=job.guidance,
-            seed=job.seed,
-            sampler=job.sampler,
-        )
-        return time.perf_counter() - started
+    def direct_call(job: Any) -> float:
+        return direct(pipelines.load(settings, tasks.model_of(settings, job).source), job)
 
     warm = submit()
     tasks.generate(warm.id)  # loads the model; not counted
-    direct(warm)
-    PARTS.clear()
+    direct_call(warm)
     worker_s, direct_s = [], []
     for _ in range(args.runs):
         job = submit()
+        RECORDING[0] = True
         started = time.perf_counter()
         tasks.generate(job.id)
         worker_s.append(time.perf_counter() - started)
-        direct_s.append(direct(job))
+        RECORDING[0] = False
+        direct_s.append(direct_call(job))
 
     w, d = statistics.median(worker_s), statistics.median(direct_s)
     print(f"model {args.model}, {job.width}x{job.height}, {job.steps} steps, {args.runs} runs (medians)")

@@ -75,6 +75,17 @@ def _link_error(request: Request, error: LinkError, purpose: str):
     return render(request, "accounts/link_error.html", status_code=error.status_code, error=error, purpose=purpose)
 
 
+def _link_page(request: Request, token: str, purpose: str, template: str = "accounts/confirm_link.html", **context):
+    """The page an emailed link opens (a button or a form, never the action itself: mail
+    scanners that open links must not use up a single-use link), or why the link is dead."""
+    try:
+        with reading(get_app_settings(request)) as session:
+            link = service.check_link(session, token, purpose)
+    except LinkError as e:
+        return _link_error(request, e, purpose)
+    return render(request, template, purpose=purpose, email=link.email, **context)
+
+
 # ---- sign up, confirm the address --------------------------------------------------------
 
 
@@ -123,14 +134,7 @@ def signup_sent(request: Request):
 
 @router.get("/email/verify/{token}")
 def verify_page(request: Request, token: str):
-    # A page with a button, not the confirmation itself: mail scanners that open links
-    # must not use up a single-use link.
-    try:
-        with reading(get_app_settings(request)) as session:
-            link = service.check_link(session, token, VERIFY)
-    except LinkError as e:
-        return _link_error(request, e, VERIFY)
-    return render(request, "accounts/confirm_link.html", purpose=VERIFY, email=link.email)
+    return _link_page(request, token, VERIFY)
 
 
 @router.post("/email/verify/{token}")
@@ -223,12 +227,7 @@ def forgot(request: Request, background: BackgroundTasks, email: str = Form(""))
 
 @router.get("/password/reset/{token}")
 def reset_page(request: Request, token: str):
-    try:
-        with reading(get_app_settings(request)) as session:
-            link = service.check_link(session, token, RESET)
-    except LinkError as e:
-        return _link_error(request, e, RESET)
-    return render(request, "accounts/reset.html", email=link.email, error=None)
+    return _link_page(request, token, RESET, "accounts/reset.html", error=None)
 
 
 @router.post("/password/reset/{token}")
@@ -314,12 +313,7 @@ def change_email_request(
 
 @router.get("/email/change/{token}")
 def change_email_page(request: Request, token: str):
-    try:
-        with reading(get_app_settings(request)) as session:
-            link = service.check_link(session, token, CHANGE_EMAIL)
-    except LinkError as e:
-        return _link_error(request, e, CHANGE_EMAIL)
-    return render(request, "accounts/confirm_link.html", purpose=CHANGE_EMAIL, email=link.email)
+    return _link_page(request, token, CHANGE_EMAIL)
 
 
 @router.post("/email/change/{token}")

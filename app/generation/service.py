@@ -581,11 +581,13 @@ def claim_compatible(settings: Settings, job: Job, max_images: int) -> list[Job]
         Job.cancel_requested.is_(False),
         Job.attempts < settings.job_max_attempts,
     ]
+    oldest = select(Job.id, Job.n_images).where(*same).order_by(Job.created_at, Job.id).limit(max_images)
+    with reading(settings) as session:  # the worker looks often while it gathers: no write lock to look
+        if not session.execute(oldest).first():
+            return []
     now = utcnow()
     with transaction(settings) as session:
-        candidates = session.execute(
-            select(Job.id, Job.n_images).where(*same).order_by(Job.created_at, Job.id).limit(max_images)
-        ).all()
+        candidates = session.execute(oldest).all()
         taken: list[str] = []
         for job_id, n_images in candidates:
             if n_images > max_images:
