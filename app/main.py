@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import urlencode
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.docs import get_swagger_ui_html
-from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, PlainTextResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -38,6 +39,17 @@ from app.web import CSRF_COOKIE, csrf_token, is_htmx, is_secure, render
 
 def _wants_json(request: Request) -> bool:
     return request.url.path.startswith("/api/")
+
+
+def _wants_page(request: Request) -> bool:
+    """A browser navigating (it asks for HTML): errors outside the API get a page of ours."""
+    return "text/html" in request.headers.get("accept", "")
+
+
+def _login_url(request: Request) -> str:
+    """The login page, coming back here afterwards (the login route checks the path)."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    return "/login" if here == "/" else f"/login?{urlencode({'next': here})}"
 
 
 def _allowed_methods(request: Request, fallback: str) -> str:
@@ -71,7 +83,7 @@ async def _user_error_body(request: Request, exc: UserError):
     if _wants_json(request):
         return JSONResponse({"error": exc.message, "field": exc.field}, status_code=exc.status_code)
     if isinstance(exc, NotAuthenticated) and request.method == "GET" and not is_htmx(request):
-        return RedirectResponse("/login", status_code=303)
+        return RedirectResponse(_login_url(request), status_code=303)
     if is_htmx(request):
         response = await _render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
         if isinstance(exc, NotAuthenticated):
@@ -80,6 +92,20 @@ async def _user_error_body(request: Request, exc: UserError):
     return await _render(request, "error.html", status_code=exc.status_code, error=exc)
 
 
+async def _error_page(request: Request, exc: StarletteHTTPException):
+    """Our page for a browser's 404 (no such page) or 405 (a form's address opened as a link)."""
+    if exc.status_code == 405:
+        error = UserError("This address takes a form's answer; it can't be opened as a page.")
+    else:
+        error = UserError("There is no page at this address. It may have moved, or the link may be mistyped.")
+    error.status_code = exc.status_code
+    response = await _render(request, "error.html", status_code=exc.status_code, error=error)
+    if exc.headers:
+        response.headers.update(exc.headers)  # a 405's Allow
+    return response
+
+
+FAVICON = REPO_ROOT / "static" / "favicon.svg"
 API_GUIDE = REPO_ROOT / "docs" / "api-guide.md"
 SWAGGER_UI = "vendor/swagger-ui"  # from the swagger-ui-dist npm package (scripts/install)
 
@@ -134,6 +160,8 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         if openai_api.is_openai_path(request.url.path):  # an unknown /v1 path or method
             return openai_api.http_error_response(exc.status_code, str(exc.detail))
         if not _wants_json(request):
+            if _wants_page(request) and exc.status_code in (404, 405) and not is_htmx(request):
+                return await _error_page(request, exc)
             return await http_exception_handler(request, exc)
         headers = dict(exc.headers or {})
         if exc.status_code == 405:
@@ -186,6 +214,11 @@ def create_app(settings: Settings | None = None, *, check_migrations: bool = Tru
         nonce = csp_nonce(request)
         html = bytes(page.body).decode().replace("<script>", f'<script nonce="{nonce}">')
         return HTMLResponse(html)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> FileResponse:
+        """Browsers ask for /favicon.ico on their own: the same SVG that pages link to."""
+        return FileResponse(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "public, max-age=86400"})
 
     app.mount("/static", StaticFiles(directory=str(REPO_ROOT / "static")), name="static")
     app.add_middleware(HttpMetrics)  # outermost: times every request, labelled by its route template
