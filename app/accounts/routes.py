@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from urllib.parse import urlsplit
+
 from fastapi import APIRouter, BackgroundTasks, Depends, Form, Request
 from fastapi.responses import RedirectResponse
 
@@ -40,11 +42,11 @@ def _logged_out(to: str) -> RedirectResponse:
     return response
 
 
-def _form_error(request: Request, template: str, error: UserError, email: str):
+def _form_error(request: Request, template: str, error: UserError, email: str, **context):
     """The form again with the error at its own status (422 for a typo, 403 for a suspended
     account, the throttle's 429 or a busy 503 with Retry-After)."""
     status = error.status_code
-    response = render(request, template, status_code=status, form={"email": email}, error=error)
+    response = render(request, template, status_code=status, form={"email": email}, error=error, **context)
     if retry_after := getattr(error, "retry_after", None):
         response.headers["Retry-After"] = str(retry_after)
     return response
@@ -167,13 +169,29 @@ def resend_verification(request: Request, background: BackgroundTasks, user: Cur
 # ---- log in and out --------------------------------------------------------------------
 
 
+def safe_next(target: str | None) -> str:
+    """Where to go after logging in: a path on this site, never another site ("//x", "/\\x"
+    and "https://x" are other sites to a browser); "" when there is none."""
+    target = (target or "").strip()
+    if not target.startswith("/") or target.startswith("//") or "\\" in target:
+        return ""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in target):  # a tab or newline browsers drop
+        return ""
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or target.startswith(("/login", "/logout")):
+        return ""
+    return target
+
+
 @router.get("/login")
-def login_page(request: Request, reset: bool = False, everywhere: bool = False):
-    return render(request, "accounts/login.html", form={}, error=None, reset=reset, everywhere=everywhere)
+def login_page(request: Request, reset: bool = False, everywhere: bool = False, next: str = ""):
+    return render(
+        request, "accounts/login.html", form={}, error=None, reset=reset, everywhere=everywhere, next=safe_next(next)
+    )
 
 
 @router.post("/login")
-def login(request: Request, email: str = Form(""), password: str = Form("")):
+def login(request: Request, email: str = Form(""), password: str = Form(""), next: str = Form("")):
     settings = get_app_settings(request)
     try:
         with request.app.state.throttle.login_attempt(email, client_address(request)):
@@ -181,8 +199,8 @@ def login(request: Request, email: str = Form(""), password: str = Form("")):
                 user = service.authenticate(session, email, password)
                 token = service.rotate_session(session, settings, user, request.cookies.get(SESSION_COOKIE))
     except UserError as e:
-        return _form_error(request, "accounts/login.html", e, email)
-    return _logged_in(request, token)
+        return _form_error(request, "accounts/login.html", e, email, next=safe_next(next))
+    return _logged_in(request, token, safe_next(next) or "/")
 
 
 @router.post("/logout")

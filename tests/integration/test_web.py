@@ -59,7 +59,7 @@ def test_signed_in_home_has_the_generate_form_balance_and_gallery_link(user_clie
 def test_pages_for_members_send_visitors_to_log_in(client):
     for url in ("/gallery", "/account"):
         response = client.get(url)
-        assert response.status_code == 303 and response.headers["location"] == "/login"
+        assert response.status_code == 303 and response.headers["location"] == "/login?next=" + url.replace("/", "%2F")
     assert client.get("/api/v1/generations/whatever").status_code == 401
 
 
