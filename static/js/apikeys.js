@@ -1,4 +1,5 @@
-// The API keys page: copy the new key to the clipboard; ask before revoking one.
+// The API keys page: copy the new key to the clipboard (revoking asks in the shell's
+// own dialog: data-confirm, static/js/shell.js).
 (function () {
   "use strict";
 
@@ -19,12 +20,6 @@
         document.execCommand("copy");  // plain http on a LAN: the older way still works
         done();
       }
-    });
-  });
-
-  document.querySelectorAll("form[data-confirm]").forEach(function (form) {
-    form.addEventListener("submit", function (event) {
-      if (!window.confirm(form.getAttribute("data-confirm"))) event.preventDefault();
     });
   });
 })();
