@@ -3,6 +3,7 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from datetime import UTC, datetime
+from urllib.parse import quote
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import RedirectResponse, Response, StreamingResponse
@@ -17,7 +18,7 @@ from app.gallery import collections, export, schemas, search, service
 from app.gallery.models import ASPECTS, Image
 from app.generation.catalog import ModelSpec, get_catalog
 from app.generation.quote import quote_form
-from app.web import CurrentUser, get_app_settings, is_htmx, render, require_user, verify_csrf
+from app.web import CurrentUser, get_app_settings, is_htmx, is_secure, render, require_user, verify_csrf
 
 # Every route here is a plain ``def``: FastAPI runs it in a thread, so the sync session,
 # storage and Pillow never block the event loop. Form bodies are read by ``posted_form``.
@@ -153,6 +154,21 @@ def _back(request: Request, fields: dict[str, str], default: str = "/gallery") -
     return RedirectResponse(target, status_code=303)
 
 
+TOAST_COOKIE = "gouache_toast"  # read once and cleared by static/js/shell.js
+
+
+def _toast(request: Request, response: Response, message: str) -> Response:
+    """Say what the action did on the page the redirect leads to (a toast, read by script)."""
+    response.set_cookie(
+        TOAST_COOKIE, quote(message), max_age=60, path="/", samesite="lax", secure=is_secure(request), httponly=False
+    )
+    return response
+
+
+def _images(n: int) -> str:
+    return "1 image" if n == 1 else f"{n} images"
+
+
 @router.post("/gallery/{image_id}/favourite")
 def favourite(
     request: Request,
@@ -179,7 +195,7 @@ def delete_image(
     service.delete_images(get_app_settings(request), user.id, [image_id])
     if is_htmx(request):
         return Response("")
-    return _back(request, form.fields)
+    return _toast(request, _back(request, form.fields), "Image deleted.")
 
 
 @router.post("/gallery/{image_id}/collections")
@@ -207,18 +223,24 @@ def bulk(request: Request, user: CurrentUser = Depends(require_user), form: Post
     fields, ids = form.fields, form.ids
     action = fields.get("action", "")
     if action == "delete":
-        service.delete_images(settings, user.id, ids)
+        message = f"Deleted {_images(service.delete_images(settings, user.id, ids))}."
     elif action in ("collect", "uncollect", "favourite", "unfavourite"):
         with transaction(settings) as session:
+            chosen = fields.get("collection", "")
             if action == "collect":
-                collections.collect(session, user.id, ids, fields.get("collection", ""), fields.get("name", ""))
+                added = collections.collect(session, user.id, ids, chosen, fields.get("name", ""))
+                name = collections.get_collection(session, user.id, chosen).name if chosen else fields["name"].strip()
+                message = f"Added {_images(added)} to “{name}”."
             elif action == "uncollect":
-                collections.remove_from_collection(session, user.id, fields.get("collection", ""), ids)
+                collections.remove_from_collection(session, user.id, chosen, ids)
+                name = collections.get_collection(session, user.id, chosen).name
+                message = f"Removed {_images(len(ids))} from “{name}”."
             else:
                 service.set_favourites(session, user.id, ids, action == "favourite")
+                message = f"{'Favourited' if action == 'favourite' else 'Unfavourited'} {_images(len(ids))}."
     else:
         raise UserError("Unknown action.", field="action")
-    return _back(request, fields)
+    return _toast(request, _back(request, fields), message)
 
 
 @router.post("/gallery/download")
@@ -273,8 +295,9 @@ def rename_collection(
 @router.post("/collections/{collection_id}/delete")
 def delete_collection(request: Request, collection_id: str, user: CurrentUser = Depends(require_user)):
     with transaction(get_app_settings(request)) as session:
+        name = collections.get_collection(session, user.id, collection_id).name
         collections.delete_collection(session, user.id, collection_id)
-    return _back(request, {"next": "/collections"})
+    return _toast(request, _back(request, {"next": "/collections"}), f"Deleted the collection “{name}”.")
 
 
 # ---- JSON API -----------------------------------------------------------------------------

@@ -1,5 +1,6 @@
-// The gallery: clean filter URLs, the selection bar, confirmations, and the detail
-// view's keyboard (← previous, → next, Esc back to the grid).
+// The gallery: clean filter URLs, the filters' toggle on a phone, the selection bar, and
+// the detail view's keyboard (← previous, → next, Esc back to the grid). Deleting asks in
+// the shell's own dialog (data-confirm, static/js/shell.js).
 (function () {
   "use strict";
 
@@ -12,7 +13,32 @@
     }
   });
   const filterForm = document.getElementById("filters");
+  // On a phone only the search shows; one button opens the rest, and counts what is set.
+  function activeFilters() {
+    let n = 0;
+    for (const field of filterForm.querySelectorAll(".filter-extra select, .filter-extra input")) {
+      if (field.type === "checkbox" ? field.checked : (field.value !== "" && !(field.name === "sort" && field.value === "newest"))) n += 1;
+    }
+    return n;
+  }
+  function showFilterCount() {
+    const count = filterForm.querySelector(".filters-count");
+    if (!count) return;
+    const n = activeFilters();
+    count.textContent = n ? String(n) : "";
+    count.hidden = n === 0;
+  }
   if (filterForm) {
+    const toggle = filterForm.querySelector(".filters-toggle");
+    if (toggle) {
+      toggle.addEventListener("click", function () {
+        const open = toggle.getAttribute("aria-expanded") !== "true";
+        toggle.setAttribute("aria-expanded", open ? "true" : "false");
+        filterForm.classList.toggle("is-open", open);
+      });
+    }
+    filterForm.addEventListener("change", showFilterCount);
+    showFilterCount();
     filterForm.addEventListener("submit", function () {  // without htmx: the same clean URL
       for (const field of filterForm.elements) {
         if (field.name && (field.value === "" || (field.name === "sort" && field.value === "newest"))) field.disabled = true;
@@ -29,6 +55,8 @@
     const n = boxes().filter(function (b) { return b.checked; }).length;
     bar.querySelector(".bulk-count").textContent = n + " selected";
     bar.classList.toggle("is-active", n > 0);
+    const del = bar.querySelector("button[value=delete]");
+    if (del) del.setAttribute("data-confirm", "Delete " + (n === 1 ? "this image" : "these " + n + " images") + " for good? This cannot be undone.");
   }
   document.addEventListener("click", function (event) {
     const box = event.target.closest && event.target.closest('input[name="ids"]');
@@ -47,8 +75,6 @@
       updateCount();
       return;
     }
-    const confirming = event.target.closest && event.target.closest("[data-confirm]");
-    if (confirming && !window.confirm(confirming.dataset.confirm)) event.preventDefault();
   });
   document.body.addEventListener("htmx:afterSettle", updateCount);
   updateCount();
