@@ -384,7 +384,12 @@ def history(session: Session, user_id: int, page: int = 1) -> History:
     if not found:
         return History(rows=[], purchases=purchases, page=page, total=total)
     newest = found[0].first_id
-    balance_after = session.scalar(select(func.coalesce(func.sum(groups.c.net), 0)).where(groups.c.first_id <= newest))
+    # int(): PostgreSQL sums a bigint column into a numeric
+    balance_after = int(
+        session.execute(
+            select(func.coalesce(func.sum(groups.c.net), 0)).where(groups.c.first_id <= newest)
+        ).scalar_one()
+    )
     entries = {e.id: e for e in session.scalars(select(LedgerEntry).where(LedgerEntry.id.in_([r[0] for r in found])))}
     job_ids = [e.job_id for e in entries.values() if e.job_id]
     settled: dict[str | None, str] = dict(
@@ -408,13 +413,13 @@ def history(session: Session, user_id: int, page: int = 1) -> History:
             HistoryRow(
                 kind=JOB if entry.job_id else entry.kind,
                 entry=entry,
-                amount=net,
+                amount=int(net),
                 balance=balance_after,
                 settled=settled.get(entry.job_id) if entry.job_id else None,
                 purchase=bought.get(entry.reference) if entry.kind == ledger.PURCHASE else None,
             )
         )
-        balance_after -= net
+        balance_after -= int(net)
     return History(rows=rows, purchases=purchases, page=page, total=total)
 
 
