@@ -407,3 +407,17 @@ def test_pricing_lists_every_catalog_models_sizes(tmp_path, tiny_model_path, tin
 @pytest.mark.parametrize("value", ["abc", "-3", "99999999999"])
 def test_odd_page_numbers_never_break_the_page(user_client, value):
     assert user_client.get(f"/billing?page={value}").status_code in (200, 422)
+
+
+def test_the_upscale_price_macro_says_why_it_costs_more():
+    from app.web import templates
+
+    macro = templates.env.from_string(
+        '{% from "credits/_price.html" import upscale_price, signed, count %}'
+        "{{ upscale_price(50, 4, 512, 512) }}|{{ signed(-1234) }}|{{ signed(5500) }}|{{ count(1, 'image') }}|"
+        "{{ count(3, 'image') }}"
+    ).render()
+    button, minus, plus, one, three = macro.split("|")
+    assert '<span class="btn-price"' in button and "50 cr" in button
+    assert "2048×2048 · 16× the pixels" in button and "16× the pixels of this 512×512 image" in button
+    assert (minus, plus, one, three) == ("−1,234", "+5,500", "1 image", "3 images")
