@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 import stripe
 from fastapi import APIRouter, Depends, Form, Query, Request
@@ -9,19 +11,23 @@ from fastapi.responses import JSONResponse, RedirectResponse
 from pydantic import BaseModel
 
 from app.api import Page, api_router
-from app.credits import pricing, service, webhooks
+from app.config import Settings
+from app.credits import ledger, pricing, service, webhooks
 from app.credits import stripe as stripe_glue
 from app.db import reading
+from app.enums import MODES, JobStatus, Mode
 from app.errors import NotFound, ServiceUnavailable, UserError
-from app.generation.catalog import get_catalog
+from app.generation import quote
+from app.generation import service as generation
+from app.generation.catalog import ModelSpec, get_catalog
+from app.generation.models import Job
+from app.generation.schemas import parse_quote
 from app.web import CurrentUser, forget_user, get_app_settings, optional_user, render, require_user, verify_csrf
 
 log = logging.getLogger(__name__)
 router = APIRouter(dependencies=[Depends(verify_csrf)])
 stripe_router = APIRouter()  # signed by Stripe, not by a browser: no session, no CSRF
 
-PRICING_SIZES = (256, 512, 768, 1024)
-PRICING_STEPS = (10, 20, 30, 50)
 MAX_HISTORY_PAGE = 1_000_000  # a page number is an SQL offset: keep it within the database's integers
 
 
@@ -38,22 +44,161 @@ def monthly_refill(request: Request) -> None:
         forget_user(request)  # the page shows the new balance
 
 
+@dataclass(frozen=True)
+class SizePrices:
+    """One row of a model's size table: a size the model's form offers, and the credits of one
+    image of it at each of the table's step counts."""
+
+    label: str
+    width: int
+    height: int
+    credits: list[int]
+
+
+@dataclass(frozen=True)
+class ModelPrices:
+    model: ModelSpec
+    steps: list[int]
+    sizes: list[SizePrices]
+
+
+def _model_prices(settings: Settings, model: ModelSpec) -> ModelPrices:
+    """The sizes the model's form offers, priced at half, the default and double its steps."""
+    d = model.default_steps
+    steps = sorted({max(1, d // 2), d, min(model.max_steps, d * 2)})
+    sizes = [
+        SizePrices(
+            preset.label.partition(" — ")[0],
+            preset.width,
+            preset.height,
+            [
+                pricing.price(
+                    settings,
+                    width=preset.width,
+                    height=preset.height,
+                    steps=s,
+                    n_images=1,
+                    multiplier=model.price_multiplier,
+                )
+                for s in steps
+            ],
+        )
+        for preset in quote.size_presets(model)
+    ]
+    return ModelPrices(model, steps, sizes)
+
+
+@dataclass(frozen=True)
+class Example:
+    """A worked example for the pricing page: a request of one mode and what it costs."""
+
+    mode: str
+    n_images: int
+    source: tuple[int, int] | None  # the image it starts from (image modes)
+    width: int  # what it makes
+    height: int
+    steps: int  # the steps asked for
+    denoising_steps: int  # the steps the model really runs (image modes: steps × strength)
+    strength: float | None
+    tiles: list[tuple[int, int]]  # the sizes of the pieces it is painted in
+    credits: int
+    factor: int | None = None  # an upscale's
+    source_credits: int | None = None  # what making the source image cost (an upscale's, for comparison)
+
+    @property
+    def per_piece(self) -> int:
+        return self.credits // (len(self.tiles) * self.n_images)
+
+    @property
+    def pixel_ratio(self) -> float:
+        """How many times the source's pixels the output has."""
+        if not self.source:
+            return 1.0
+        return (self.width * self.height) / (self.source[0] * self.source[1])
+
+
+def _example(settings: Settings, model: ModelSpec, data: dict[str, Any], source: tuple[int, int] | None) -> Example:
+    """Price ``data`` (form fields) exactly as the form's quote does."""
+    req = parse_quote({"model": model.id, "steps": model.default_steps, **data}, settings)
+    if source is not None:
+        width, height = quote.output_size(settings, req, source)
+        req = replace(req, width=width, height=height)
+    boxes = quote.tiles(model, req.mode, req.width, req.height)
+    return Example(
+        mode=req.mode,
+        n_images=req.n_images,
+        source=source,
+        width=req.width,
+        height=req.height,
+        steps=req.steps,
+        denoising_steps=req.denoising_steps,
+        strength=req.strength,
+        tiles=[(right - left, bottom - top) for left, top, right, bottom in boxes],
+        credits=quote.quote(settings, req),
+        factor=req.upscale,
+    )
+
+
+def pricing_examples(settings: Settings, model: ModelSpec) -> dict[str, Example]:
+    """One worked example per mode for ``model`` (and the largest upscale it can make),
+    each priced by the same code as the form's quote."""
+    d = model.default_size
+    square = (d, d)
+    examples: dict[str, Example] = {
+        Mode.TXT2IMG: _example(settings, model, {"mode": Mode.TXT2IMG, "n": 4, "size": f"{d}x{d}"}, None),
+        Mode.IMG2IMG: _example(settings, model, {"mode": Mode.IMG2IMG}, square),
+        Mode.INPAINT: _example(settings, model, {"mode": Mode.INPAINT}, square),
+        Mode.OUTPAINT: _example(settings, model, {"mode": Mode.OUTPAINT, "extend_right": d // 2}, square),
+        Mode.VARIATION: _example(settings, model, {"mode": Mode.VARIATION, "variation": "subtle", "n": 4}, square),
+    }
+    # An upscale of an image of the default size, and of the largest the model makes: 4× where
+    # the result fits the upscale limit, else 2×.
+    for name, side in ((Mode.UPSCALE.value, d), ("upscale_large", model.max_size)):
+        upscaled = _upscale_example(settings, model, side)
+        if upscaled is not None and (name == Mode.UPSCALE or side != d):
+            examples[name] = upscaled
+    return examples
+
+
+def _upscale_example(settings: Settings, model: ModelSpec, side: int) -> Example | None:
+    for factor in (4, 2):
+        if side * factor <= settings.max_upscale_side:
+            made = pricing.price(
+                settings,
+                width=side,
+                height=side,
+                steps=model.default_steps,
+                n_images=1,
+                multiplier=model.price_multiplier,
+            )
+            example = _example(settings, model, {"mode": Mode.UPSCALE, "upscale": factor}, (side, side))
+            return replace(example, source_credits=made)
+    return None
+
+
 @router.get("/pricing")
 def pricing_page(request: Request, user: CurrentUser | None = Depends(optional_user)):
     settings = get_app_settings(request)
     catalog = get_catalog(settings)
-    m = catalog.default.price_multiplier  # the table is for the default model
-    table = [
-        (
-            size,
-            [
-                pricing.price(settings, width=size, height=size, steps=s, n_images=1, multiplier=m)
-                for s in PRICING_STEPS
-            ],
-        )
-        for size in PRICING_SIZES
-    ]
-    return render(request, "credits/pricing.html", table=table, steps=PRICING_STEPS, catalog=catalog)
+    return render(
+        request,
+        "credits/pricing.html",
+        models=[_model_prices(settings, m) for m in catalog],
+        examples=pricing_examples(settings, catalog.default),
+        catalog=catalog,
+        modes=MODES,
+    )
+
+
+def job_state(row: service.HistoryRow, job: Job | None) -> str:
+    """What the billing history says of a job: succeeded (charged), failed or cancelled (its
+    hold given back), queued or running (held). The ledger decides whether it was charged;
+    the job row, how it ended."""
+    if row.settled == ledger.CAPTURE:
+        return JobStatus.SUCCEEDED
+    if row.settled == ledger.RELEASE:
+        return JobStatus.CANCELLED if job is not None and job.status == JobStatus.CANCELLED else JobStatus.FAILED
+    return JobStatus.QUEUED if job is not None and job.status == JobStatus.QUEUED else JobStatus.RUNNING
 
 
 @router.get("/billing")
@@ -67,6 +212,8 @@ def billing_page(
     settings = get_app_settings(request)
     with reading(settings) as session:
         hist = service.history(session, user.id, page)
+        job_ids = [row.entry.job_id for row in hist.rows if row.entry.job_id]
+        jobs = generation.jobs_with_first_image(session, user.id, job_ids)
     just_paid = None
     if paid:
         try:
@@ -77,6 +224,10 @@ def billing_page(
         request,
         "credits/billing.html",
         history=hist,
+        jobs=jobs,
+        job_state=job_state,
+        modes=MODES,
+        money=service.money,
         just_paid=just_paid,
         canceled=canceled,
         checkout=service.checkout_mode(settings),

@@ -12,8 +12,9 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import Subquery
 
 from app.config import Settings
 from app.credits import ledger
@@ -307,11 +308,31 @@ def balance(settings: Settings, user_id: int) -> int:
 # ---- history ---------------------------------------------------------------------------------
 
 HISTORY_PAGE = 25
+JOB = "job"  # a history row made of a job's entries (its hold, then its capture or release)
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    """One line of the billing history as people think of it: a job (its hold and its
+    settlement together, so a failed job's released hold nets to zero on its own line), or
+    one entry without a job (a purchase, grant, refund, chargeback or adjustment)."""
+
+    kind: str  # JOB, or the entry's ledger kind
+    entry: LedgerEntry  # the row's first entry: a job's hold, or the entry itself
+    amount: int  # the row's effect on the balance: a job's charge (0 once its hold came back)
+    balance: int  # the balance after this row (and every row before it)
+    settled: str | None = None  # a job's: ledger.CAPTURE (charged), ledger.RELEASE (given back), None (held)
+    purchase: Purchase | None = None  # a purchase's row: what was paid
+
+    @property
+    def held(self) -> int:
+        """What a job's hold reserved (its price at submit)."""
+        return -self.entry.amount if self.kind == JOB else 0
 
 
 @dataclass(frozen=True)
 class History:
-    entries: list[LedgerEntry]
+    rows: list[HistoryRow]
     purchases: list[Purchase]
     page: int
     total: int
@@ -320,21 +341,93 @@ class History:
     def has_next(self) -> bool:
         return self.page * HISTORY_PAGE < self.total
 
+    @property
+    def pages(self) -> int:
+        return max(1, -(-self.total // HISTORY_PAGE))
+
+
+def _history_groups(user_id: int) -> Subquery:
+    """One group per history row: a job's entries together, every other entry alone; each
+    placed at its first entry (a job's hold: when it was submitted)."""
+    alone = case((LedgerEntry.job_id.is_(None), LedgerEntry.id), else_=0)
+    return (
+        select(func.min(LedgerEntry.id).label("first_id"), func.sum(LedgerEntry.amount).label("net"))
+        .where(LedgerEntry.user_id == user_id)
+        .group_by(LedgerEntry.job_id, alone)
+        .subquery()
+    )
+
 
 def history(session: Session, user_id: int, page: int = 1) -> History:
+    """A page of the user's billing history, newest first, with the balance after each row.
+
+    The balance after a row is the sum of the entries of that row and of every row before it,
+    so the newest row's is the balance, and each row's is the one below it plus its amount.
+    (A job's release is counted on the job's own row: the credits a failed job held never
+    show as spent, even on the rows of grants made while it ran.)"""
     page = max(1, page)
-    total = session.scalar(select(func.count()).select_from(LedgerEntry).where(LedgerEntry.user_id == user_id))
-    entries = session.scalars(
-        select(LedgerEntry)
-        .where(LedgerEntry.user_id == user_id)
-        .order_by(LedgerEntry.id.desc())
+    groups = _history_groups(user_id)
+    total = session.scalar(select(func.count()).select_from(groups)) or 0
+    found = session.execute(
+        select(groups.c.first_id, groups.c.net)
+        .order_by(groups.c.first_id.desc())
         .limit(HISTORY_PAGE)
         .offset((page - 1) * HISTORY_PAGE)
     ).all()
-    purchases = session.scalars(
-        select(Purchase).where(Purchase.user_id == user_id, Purchase.status == PAID).order_by(Purchase.paid_at.desc())
-    ).all()
-    return History(entries=list(entries), purchases=list(purchases), page=page, total=total or 0)
+    purchases = list(
+        session.scalars(
+            select(Purchase)
+            .where(Purchase.user_id == user_id, Purchase.status == PAID)
+            .order_by(Purchase.paid_at.desc())
+        )
+    )
+    if not found:
+        return History(rows=[], purchases=purchases, page=page, total=total)
+    newest = found[0].first_id
+    # int(): PostgreSQL sums a bigint column into a numeric
+    balance_after = int(
+        session.execute(
+            select(func.coalesce(func.sum(groups.c.net), 0)).where(groups.c.first_id <= newest)
+        ).scalar_one()
+    )
+    entries = {e.id: e for e in session.scalars(select(LedgerEntry).where(LedgerEntry.id.in_([r[0] for r in found])))}
+    job_ids = [e.job_id for e in entries.values() if e.job_id]
+    settled: dict[str | None, str] = dict(
+        session.execute(
+            select(LedgerEntry.job_id, LedgerEntry.kind).where(
+                LedgerEntry.user_id == user_id,
+                LedgerEntry.job_id.in_(job_ids),
+                LedgerEntry.kind.in_((ledger.CAPTURE, ledger.RELEASE)),
+            )
+        ).all()
+    )
+    purchase_ids = [e.reference.removeprefix("purchase:") for e in entries.values() if e.kind == ledger.PURCHASE]
+    bought = {
+        f"purchase:{p.id}": p
+        for p in session.scalars(select(Purchase).where(Purchase.user_id == user_id, Purchase.id.in_(purchase_ids)))
+    }
+    rows = []
+    for first_id, net in found:
+        entry = entries[first_id]
+        rows.append(
+            HistoryRow(
+                kind=JOB if entry.job_id else entry.kind,
+                entry=entry,
+                amount=int(net),
+                balance=balance_after,
+                settled=settled.get(entry.job_id) if entry.job_id else None,
+                purchase=bought.get(entry.reference) if entry.kind == ledger.PURCHASE else None,
+            )
+        )
+        balance_after -= int(net)
+    return History(rows=rows, purchases=purchases, page=page, total=total)
+
+
+def money(amount: int, currency: str) -> str:
+    """An amount in a currency's minor unit as people read it: $1,234.00, 9.00 CHF."""
+    symbol = {"usd": "$", "eur": "€", "gbp": "£"}.get(currency.lower())
+    major = f"{amount / 100:,.2f}"
+    return f"{symbol}{major}" if symbol else f"{major} {currency.upper()}"
 
 
 # ---- the API's ledger: keyset pages, newest first ------------------------------------------

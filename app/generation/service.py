@@ -367,6 +367,18 @@ def list_jobs(
     return JobPage([(job, found[job.id]) for job in jobs], next_cursor)
 
 
+def jobs_with_first_image(
+    session: Session, user_id: int, job_ids: Sequence[str]
+) -> dict[str, tuple[Job, Image | None]]:
+    """The user's jobs among ``job_ids`` (never another user's), each with its first image
+    still in the gallery (None: it made none, or they were deleted); for the billing history."""
+    jobs = {job.id: job for job in session.scalars(select(Job).where(Job.user_id == user_id, Job.id.in_(job_ids)))}
+    first: dict[str, Image] = {}
+    for image in session.scalars(select(Image).where(Image.job_id.in_(list(jobs))).order_by(Image.index.desc())):
+        first[image.job_id] = image  # the lowest index is seen last
+    return {job_id: (job, first.get(job_id)) for job_id, job in jobs.items()}
+
+
 @dataclass(frozen=True)
 class Progress:
     """What a job's event stream watches: a few columns of its row."""

@@ -34,11 +34,13 @@ def test_buy_a_pack_through_the_test_checkout_and_see_the_balance_change(live_se
     page.get_by_role("button", name="Pay (test)").click()
     expect(page).to_have_url(re.compile(r"/billing\?paid="))
     expect(balance).to_have_text(str(200 + pack.credits))
-    expect(page.get_by_role("status")).to_contain_text(f"{pack.credits} credits were added")
-    expect(page.locator("table.history")).to_contain_text(f"Bought {pack.credits} credits ({pack.id})")
-    expect(page.locator("table.history")).to_contain_text(f"+{pack.credits}")
+    expect(page.get_by_role("status")).to_contain_text(f"{pack.credits:,} credits were added")
+    bought = page.locator('table.history tr[data-kind="purchase"]')  # one row per purchase, with what was paid
+    expect(bought).to_contain_text(f"Bought {pack.credits:,} credits · {pack.name} pack")
+    expect(bought).to_contain_text(f"Paid {pack.price_label}")
+    expect(bought).to_contain_text(f"+{pack.credits:,}")
 
-    page.get_by_role("link", name=re.compile(rf"{pack.credits} credits$")).click()  # the purchase under Receipts
+    page.get_by_role("link", name=re.compile(rf"{pack.credits:,} credits$")).click()  # the purchase under Receipts
     expect(page.get_by_role("heading", name="Receipt")).to_be_visible()
     expect(page.locator(".receipt")).to_contain_text(f"{pack.amount / 100:.2f} {pack.currency.upper()}")
     expect(page.locator(".receipt")).to_contain_text("Test checkout (no money moved)")

@@ -160,7 +160,7 @@ def test_buy_pay_then_the_webhook_credits_once_and_the_success_redirect_changes_
     landed = shop.success(purchase)
     assert landed.status_code == 303 and landed.headers["location"] == f"/billing?paid={purchase.id}"
     page = shop.buyer.get(landed.headers["location"]).text
-    assert f"{STARTER['credits']} credits were added" in page
+    assert f"{STARTER['credits']:,} credits were added" in page
     assert shop.balance() == GRANT + STARTER["credits"]
     assert shop.entries(purchase) == [("purchase", STARTER["credits"])]
     shop.assert_books_balance()
@@ -506,7 +506,7 @@ def test_without_keys_the_test_checkout_credits_once_even_when_paid_twice(user_c
     for _ in range(2):  # a double click, or Back and pay again
         paid = user_client.form(checkout_url, {})
         assert paid.status_code == 303 and paid.headers["location"] == f"/billing?paid={purchase_id}"
-    assert "1000 credits were added" in user_client.get(f"/billing?paid={purchase_id}").text
+    assert "1,000 credits were added" in user_client.get(f"/billing?paid={purchase_id}").text
     assert "Pay (test)" not in user_client.get(checkout_url).text  # paid: nothing more to pay
 
     with transaction(settings) as s:
