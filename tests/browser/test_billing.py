@@ -33,7 +33,7 @@ def test_buy_a_pack_through_the_test_checkout_and_see_the_balance_change(live_se
 
     page.get_by_role("button", name="Pay (test)").click()
     expect(page).to_have_url(re.compile(r"/billing\?paid="))
-    expect(balance).to_have_text(str(200 + pack.credits))
+    expect(balance).to_have_text(f"{200 + pack.credits:,}")
     expect(page.get_by_role("status")).to_contain_text(f"{pack.credits:,} credits were added")
     bought = page.locator('table.history tr[data-kind="purchase"]')  # one row per purchase, with what was paid
     expect(bought).to_contain_text(f"Bought {pack.credits:,} credits · {pack.name} pack")
@@ -50,5 +50,5 @@ def test_buy_a_pack_through_the_test_checkout_and_see_the_balance_change(live_se
     page.goto(f"{live_server}/pricing")
     expect(page.get_by_role("heading", name="Pricing")).to_be_visible()
     expect(page.locator(".packs")).to_contain_text(pack.price_label)
-    expect(balance).to_have_text(str(200 + pack.credits))
+    expect(balance).to_have_text(f"{200 + pack.credits:,}")
     shoot("13-pricing")
