@@ -13,6 +13,7 @@ import subprocess
 import sys
 import warnings
 
+import httpx
 import pytest
 from celery.exceptions import SecurityWarning
 
@@ -20,7 +21,7 @@ from app.cli import where_things_are
 from app.config import REPO_ROOT
 from app.main import create_app
 from tests.processes import Output, free_port, session_members
-from tests.support import Browserless, make_settings, migrated, settings_env, wait_for_job
+from tests.support import PASSWORD, Browserless, make_settings, migrated, settings_env, wait_for_job
 from workers import logs
 
 NOISE = {
@@ -70,6 +71,16 @@ def test_gouache_dev_says_what_runs_where_and_nothing_else(tmp_path):
         worker_ready = next(i for i, line in enumerate(lines) if "gouache dev: worker is ready" in line)
         assert worker_ready < banner, out.text  # the banner waits for the worker
         assert banner <= 12, out.text  # a newcomer reads a few lines, not a screenful
+
+        # What the web itself says still shows: here, the link of a sign-up's confirmation email.
+        with httpx.Client(base_url=url) as browser:
+            browser.get("/login")
+            signed_up = browser.post(
+                "/signup",
+                data={"email": "bo@example.com", "password": PASSWORD, "csrf_token": browser.cookies["gouache_csrf"]},
+            )
+            assert signed_up.status_code == 303, signed_up.text
+        out.wait_for(r"no SMTP host set: email .* to bo@example\.com written to .*; link: http://", timeout=30)
 
         # The first job's loading and sampling are quiet too.
         client = Browserless(create_app(settings))
