@@ -8,6 +8,7 @@ workers/, so a web-only install (no torch) has every command here.
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid
 
@@ -304,8 +305,36 @@ def dev_web_env(settings: Settings) -> dict[str, str]:
     return env
 
 
+def _hide_password(url: str) -> str:
+    return re.sub(r"(//[^:/@]*:)[^@/]*@", r"\1***@", url)
+
+
+def where_things_are(settings: Settings) -> str:
+    """One line: the data folder, and the database, broker and image storage `gouache dev`
+    uses (what lies in the data folder named relative to it; passwords hidden)."""
+    data = settings.data_dir
+
+    def place(url: str, *, scheme: str, label: str) -> str:
+        inside = f"{scheme}:///{data}/"
+        return f"{label} {url.removeprefix(inside)}" if url.startswith(inside) else _hide_password(url)
+
+    database = place(settings.database_url, scheme="sqlite", label="SQLite")
+    broker = place(settings.broker_url, scheme="sqla+sqlite", label="SQLite")
+    if settings.storage == "s3":
+        endpoint = f" at {settings.s3_endpoint_url}" if settings.s3_endpoint_url else ""
+        storage = f"S3 bucket {settings.s3_bucket}{endpoint}"
+    else:
+        folder = settings.storage_dir or data / "objects"
+        storage = f"{folder.relative_to(data)}/" if folder.is_relative_to(data) else str(folder)
+    return f"data in {data}: database {database}, broker {broker}, images {storage}"
+
+
 @cli.command()
-def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for the web app.")) -> None:
+def dev(
+    host: str = "127.0.0.1",
+    port: int = typer.Option(8000, help="Port for the web app."),
+    verbose: bool = typer.Option(False, "--verbose", help="Also show every request and Celery's banner."),
+) -> None:
     """Migrate, then run the web app, one worker and the janitor together (the embedded
     default), restarting the worker if it exits; Ctrl-C or SIGTERM stops everything."""
     from app import migrate
@@ -315,21 +344,28 @@ def dev(host: str = "127.0.0.1", port: int = typer.Option(8000, help="Port for t
     settings = get_settings()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     migrate.upgrade(settings)
+    _dev_log(where_things_are(settings))
 
     supervisor = Supervisor(log=_dev_log)
+    url = f"{_local_url(host, port)}/"
+    # Quiet unless --verbose: uvicorn's warnings and errors (not its start-up lines nor a
+    # line per request, the supervisor's probes included), and no Celery banner.
     web_argv = ["-m", "uvicorn", "app.main:create_app", "--factory", "--host", host, "--port", str(port)]
+    web_argv += [] if verbose else ["--log-level", "warning"]
     supervisor.process(
         "web",
         [sys.executable, *web_argv, "--timeout-graceful-shutdown", "5"],
         env=dev_web_env(settings),
         ready=http_ok(f"{_local_url(host, port)}/healthz"),
+        about=f"on {url}",
     )
-    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app"]
-    supervisor.process("worker", [*celery, *worker_argv(None, "INFO")], ready_file=True)
+    celery = [sys.executable, "-m", "celery", "-A", "workers.celery_app", *([] if verbose else ["--quiet"])]
+    queues, ids = model_queues(None), get_catalog(settings).ids
+    serves = f"for model{'s' * (len(ids) > 1)} {', '.join(ids)} (queue{'s' * (len(ids) > 1)} {queues})"
+    supervisor.process("worker", [*celery, *worker_argv(queues, "INFO")], ready_file=True, about=serves)
     supervisor.thread("janitor", lambda stop: job_janitor.run(settings, stop))
 
     def announce() -> None:
-        url = f"{_local_url(host, port)}/"
         typer.secho(f"\n  Gouache is running at {url}  (data in {settings.data_dir})\n", fg="green", bold=True)
 
     raise typer.Exit(supervisor.run(on_ready=announce))

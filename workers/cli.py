@@ -121,7 +121,9 @@ def generate(
     from app.generation.metadata import Parameters
 
     _require_worker_extra("generate")
-    from workers import pipelines
+    from workers import logs, pipelines
+
+    logs.drop_library_notices()  # the libraries' notices a worker filters (its progress bars stay)
 
     settings = get_settings()
     spec = _model_spec(settings, model)

@@ -179,18 +179,26 @@ def from_pretrained(source: str, options: Options) -> Pipeline:
     full-precision files cast to the dtype."""
     from diffusers import AutoencoderKL, AutoPipelineForText2Image
 
-    kwargs: dict[str, Any] = {"torch_dtype": options.dtype}
+    kwargs: dict[str, Any] = {_dtype_keyword(): options.dtype}
     if not options.safety_checker and "safety_checker" in _model_index(source):
         # the hub SD 1.x/2.x checker, only where the catalog asks for it: not even loaded
         kwargs.update(safety_checker=None, requires_safety_checker=False, feature_extractor=None)
     if options.vae:
-        kwargs["vae"] = AutoencoderKL.from_pretrained(options.vae, torch_dtype=options.dtype)
+        kwargs["vae"] = AutoencoderKL.from_pretrained(options.vae, **{_dtype_keyword(): options.dtype})
     if options.dtype in (torch.float16, torch.bfloat16):
         try:
             return AutoPipelineForText2Image.from_pretrained(source, variant="fp16", **kwargs)
         except (OSError, ValueError) as exc:  # no fp16 files: the full-precision ones, cast
             log.info("model %s has no fp16 variant (%s); casting its weights", source, str(exc).splitlines()[0][:200])
     return AutoPipelineForText2Image.from_pretrained(source, **kwargs)
+
+
+def _dtype_keyword() -> str:
+    """``dtype`` where diffusers takes it (it warns that ``torch_dtype`` is deprecated),
+    ``torch_dtype`` in the older diffusers that know only that one."""
+    import diffusers.utils
+
+    return "dtype" if hasattr(diffusers.utils, "_resolve_dtype") else "torch_dtype"
 
 
 def _model_index(source: str) -> dict[str, Any]:

@@ -1,10 +1,12 @@
 """Finding the user's images: the filters in a URL -> one query, keyset pages, the
-neighbours of an image, and the prompt search (SQLite FTS5, PostgreSQL tsvector)."""
+neighbours of an image, and the prompt search (SQLite FTS5, PostgreSQL tsvector), stemmed
+on both: "stars" finds "star", "painting" finds "paint" (migration 0014)."""
 
 from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import re
 from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -121,7 +123,11 @@ _fts_rowid: ColumnClause[int] = literal_column("image_search.rowid")
 
 
 def _fts_match(words: list[str]) -> ColumnElement[Any]:
-    """FTS5: the implicit AND of the words as quoted prefix terms."""
+    """FTS5: the implicit AND of the words as quoted prefix terms. The table's porter
+    tokenizer stems each term as it stems the prompts ("stars"* -> "star"*), so a word
+    matches the prompt words that share its stem, or whose stem starts with it ("ligh"*
+    finds "lighthous"). A word typed past its stem ("paintin") finds nothing until it is
+    whole: the table holds only stems (PostgreSQL also holds the words as written)."""
     return literal_column("image_search").op("MATCH")(" ".join(f'"{w}"*' for w in words))
 
 
@@ -131,10 +137,18 @@ def _search_clause(dialect: str, words: list[str]) -> ColumnElement[Any]:
         rowid: ColumnClause[int] = literal_column("rowid")
         return _image_rowid.in_(select(rowid).select_from(_fts).where(_fts_match(words)))
     # (SQLite pages walk windows of the gallery and check each against this: _window_ids.)
-    # PostgreSQL: images.search, the prompt's 'simple' tsvector stored on the image
-    # (migration 0005), so the planner may walk the user's newest images and filter.
-    tsquery = func.to_tsquery(literal_column("'simple'::regconfig"), " & ".join(f"{w}:*" for w in words))
+    # PostgreSQL: images.search, stored on the image (migration 0005), so the planner may
+    # walk the user's newest images and filter; it holds the prompt's 'english' stems and
+    # its 'simple' words (0014), and each word may match either: its stem as a prefix
+    # ("stars" -> 'star':*), or itself as written (stop words such as "in", and words
+    # still being typed, "paintin", which stem to no prefix of their word's stem).
+    each = [_tsquery("english", w).op("||")(_tsquery("simple", w)) for w in words]
+    tsquery = functools.reduce(lambda every, either: every.op("&&")(either), each)
     return literal_column("images.search").op("@@")(tsquery)
+
+
+def _tsquery(config: str, word: str) -> ColumnElement[Any]:
+    return func.to_tsquery(literal_column(f"'{config}'::regconfig"), f"{word}:*")
 
 
 # ---- one query -------------------------------------------------------------------

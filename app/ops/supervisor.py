@@ -71,6 +71,7 @@ class _Process:
     env: dict[str, str] | None
     probe: Callable[[], bool] | None
     ready_file: bool
+    about: str = ""
     proc: subprocess.Popen | None = None
     ready_path: Path | None = None
     started_at: float = 0.0
@@ -128,12 +129,14 @@ class Supervisor:
         env: dict[str, str] | None = None,
         ready: Callable[[], bool] | None = None,
         ready_file: bool = False,
+        about: str = "",
     ) -> None:
         """Supervise the command ``argv``. It is ready when ``ready()`` is true, or with
         ``ready_file`` when it has written the file named by ``GOUACHE_WORKER_READY_FILE``
         (a new name for each start), or, when neither is given, once it has run for
-        ``settle_s`` (1 s) without exiting."""
-        self._processes.append(_Process(name, argv, env, ready, ready_file))
+        ``settle_s`` (1 s) without exiting. ``about`` says what it serves, after its pid
+        in the line that says it started."""
+        self._processes.append(_Process(name, argv, env, ready, ready_file, about))
 
     def thread(self, name: str, target: Callable[[threading.Event], object]) -> None:
         """Supervise ``target(stop)`` on a thread of this process; it should return soon
@@ -190,7 +193,7 @@ class Supervisor:
         p.proc = subprocess.Popen(p.argv, env=env, process_group=0, preexec_fn=_die_with_parent(os.getpid()))
         p.started_at = time.monotonic()
         p.ready = False
-        self.log(f"started {p.name} (pid {p.proc.pid})")
+        self.log(f"started {p.name} (pid {p.proc.pid})" + (f" {p.about}" if p.about else ""))
 
     def _is_ready(self, p: _Process) -> bool:
         if p.ready_path is not None:
@@ -214,6 +217,8 @@ class Supervisor:
                 p.ready = True
                 if p.ever_ready:
                     self.log(f"{p.name} is ready again (pid {p.proc.pid})")
+                else:
+                    self.log(f"{p.name} is ready (pid {p.proc.pid}, {now - p.started_at:.1f} s after it started)")
                 p.ever_ready = True
             return False
         pid = p.proc.pid
