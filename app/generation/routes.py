@@ -7,6 +7,7 @@ dependency before the route runs.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
@@ -77,7 +78,7 @@ def _recent_jobs(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
     return [_card(settings, user.id, job, images) for job, images in jobs]
 
 
-OUTPAINT_EXTEND = {"left": 128, "right": 128, "top": 0, "bottom": 0}  # the form's starting frame
+OUTPAINT_SIDE = 128  # pixels the outpaint frame starts with on the left and on the right
 
 FORM_FIELDS = (
     "model", "prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n", "sampler",
@@ -104,14 +105,19 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
     if form["mode"] not in MODES:
         form["mode"] = "txt2img"
     form.setdefault("strength", schemas.DEFAULT_STRENGTH.get(form["mode"], 0.6))
-    for side, pixels in OUTPAINT_EXTEND.items():  # what the fields show is what is priced
-        form.setdefault(f"extend_{side}", pixels)
     source = None
     if form.get("source_image"):
         source = service.source_image(settings, user.id, str(form["source_image"]))
         if source is None:
             form.pop("source_image")
+    # what the fields show is what is priced: the frame grows by a quarter of the image's
+    # width on each side (a fixed 128 pixels until an upload's size is known)
+    side = max(8, round(source.width / 4 / 8) * 8) if source else OUTPAINT_SIDE
+    for name, pixels in (("left", side), ("right", side), ("top", 0), ("bottom", 0)):
+        form.setdefault(f"extend_{name}", pixels)
     priced = quote.form_quote(settings, user.id, form)
+    if not source:
+        priced = replace(priced, error=None)  # a problem is said once the user acts
     return {
         "form": form,
         "model": model,
@@ -120,7 +126,7 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
         "presets": presets,
         "samplers": SAMPLERS,
         "modes": {k: v for k, v in MODES.items() if k in ("txt2img", "img2img", "inpaint", "outpaint")},
-        "quote": replace(priced, error=None),  # a problem is said once the user acts
+        "quote": priced,
         "recent_prompts": service.recent_prompts(settings, user.id, RECENT_PROMPTS),
         "request_id": uuid.uuid4().hex,
     }
@@ -209,9 +215,11 @@ def generate(request: Request, user: CurrentUser = Depends(require_user), body: 
         )
     if is_htmx(request):
         request.state._state.pop("user", None)  # re-read the balance after the hold
-        return render(
-            request, "generation/_submitted.html", **_card(settings, user.id, job, []), new_request_id=uuid.uuid4().hex
-        )
+        response = render(request, "generation/_submitted.html", **_card(settings, user.id, job, []))
+        # the form's next request id: its value is set by create.js, not swapped in (an
+        # out-of-band swap of the input had htmx copy a style attribute, refused by the CSP)
+        response.headers["HX-Trigger"] = json.dumps({"new-request-id": uuid.uuid4().hex})
+        return response
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 

@@ -42,7 +42,25 @@
   let painting = false;
   let last = null;
 
+  // Until the user sets the frame, it grows by a quarter of the image's width on the left
+  // and on the right (what the server does for a gallery image), so it fits any model.
+  const extendFields = Array.from(form.querySelectorAll("[data-auto-extend]"));
+  extendFields.forEach(function (input) {
+    input.addEventListener("input", function () {
+      extendFields.forEach(function (f) { delete f.dataset.autoExtend; });
+    });
+  });
+
+  function fitFrame(width) {
+    const side = Math.max(8, Math.round(width / 4 / 8) * 8);
+    for (const f of extendFields) {
+      if (!("autoExtend" in f.dataset)) return;
+      f.value = /(left|right)$/.test(f.name) ? side : 0;
+    }
+  }
+
   function announceSize(width, height) {
+    fitFrame(width);
     form.querySelector("#source-width").value = width;
     form.querySelector("#source-height").value = height;
     document.body.dispatchEvent(new Event("source-sized"));
@@ -256,9 +274,16 @@
   }
 
   // ---- a new job: in view at once --------------------------------------------------
+  // Scrolled down at the Generate button, the new card (top of the list) is out of sight,
+  // or only its top shows (on a phone): bring its top just under the sticky header. A card
+  // wholly on screen stays put.
   function bringIntoView(el) {
+    const header = document.querySelector(".topbar");
+    const top = header && getComputedStyle(header).position !== "static" ? header.getBoundingClientRect().bottom : 0;
+    const rect = el.getBoundingClientRect();
+    if (rect.top >= top && rect.bottom <= window.innerHeight) return;
     const still = window.matchMedia("(prefers-reduced-motion: reduce)").matches;
-    el.scrollIntoView({ behavior: still ? "auto" : "smooth", block: "nearest" });
+    window.scrollBy({ top: rect.top - top - 12, behavior: still ? "auto" : "smooth" });
   }
 
   document.body.addEventListener("htmx:afterSwap", function (event) {
@@ -275,6 +300,11 @@
     }
     // the hold changed the balance: "N left after" is priced again
     document.body.dispatchEvent(new Event("quote-refresh"));
+  });
+  // Each submission gets its own request id (the same id twice is one job: a double click).
+  document.body.addEventListener("new-request-id", function (event) {
+    const field = form.querySelector("#request-id");
+    if (field && event.detail && event.detail.value) field.value = event.detail.value;
   });
   const quoteBox = document.getElementById("quote");
   if (quoteBox) showTyped(quoteBox);

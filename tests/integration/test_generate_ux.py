@@ -147,7 +147,12 @@ def test_outpaint_opened_from_an_image_is_priced_at_once(demo_user, demo_setting
         assert re.search(r'class="quote-price"><strong>\d+</strong>', quote), (mode, quote)
     # the fields show the frame that was priced
     page = demo_user.get("/", params={"mode": "outpaint", "source_image": image}).text
-    assert re.search(r'id="extend_left"[^>]*value="128"', page) and re.search(r'id="extend_top"[^>]*value="0"', page)
+    assert re.search(r'id="extend_left"[^>]*value="64"', page) and re.search(r'id="extend_top"[^>]*value="0"', page)
+    # a small image gets a frame it can grow by, so a small model can still price it
+    small = add_image(demo_settings, owner, "a red circle", model="demo", size=(64, 64))
+    page = demo_user.get("/", params={"mode": "outpaint", "source_image": small}).text
+    assert re.search(r'id="extend_left"[^>]*value="16"', page)
+    assert re.search(r'class="quote-price"><strong>\d+</strong>', page)
 
 
 def test_submitting_sends_no_swap_for_an_element_that_may_be_gone(demo_user):
@@ -158,7 +163,7 @@ def test_submitting_sends_no_swap_for_an_element_that_may_be_gone(demo_user):
     )
     assert response.status_code == 200
     assert "jobs-empty" not in response.text  # the page removes its own empty note
-    assert 'class="thumbs thumbs-1 thumbs-pending"' in response.text  # its image's tile, to fill in
+    assert 'class="thumbs-pending" data-images="1"' in response.text  # its image's tile, to fill in
 
 
 def test_a_finished_job_offers_more_like_this_remix_and_upscale(demo_user, demo_settings):
