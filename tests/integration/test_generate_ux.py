@@ -186,7 +186,8 @@ def test_a_finished_job_offers_more_like_this_remix_and_upscale(demo_user, demo_
     assert f"{price} credit" in job_page
 
 
-def test_recent_prompts_are_the_users_own_newest_first_each_once(demo_settings):
+def test_recent_prompts_are_the_users_own_newest_first_each_once(any_db_settings):
+    demo_settings = any_db_settings  # SQLite and PostgreSQL (a GROUP BY ordered by its MAX)
     ada, bob = (Browserless(create_app(demo_settings)) for _ in range(2))
     ada.sign_up("ada@example.com")
     bob.sign_up("bob@example.com")
