@@ -180,6 +180,7 @@ def test_the_quote_agrees_with_typed_parameters_and_warns_about_unknown_words(sh
     api = page.request.get(f"{shapes_server}/api/v1/quote?width={width}&height={height}&n=4&steps=12").json()
     expect(page.locator("#quote .quote-price strong")).to_have_text(str(api["credits"]))
     expect(page.locator("#quote .quote-warning")).to_have_count(0)
+    page.locator("#quote").scroll_into_view_if_needed()
     shoot(page, f"{size}-typed")
 
     prompt.fill("a cat astronaut on a red background")
@@ -259,6 +260,7 @@ def test_recent_prompts_are_only_ones_own(shapes_server, browser):
     history.locator("summary").click()
     items = history.locator("[data-prompt]")
     expect(items).to_have_text(["one red circle", "a green square on a red background"])
+    shoot(page, "desktop-history")
     items.nth(1).click()
     expect(page.get_by_label("Prompt", exact=True)).to_have_value("a green square on a red background")
     owner.close()

@@ -62,18 +62,11 @@ def test_a_model_without_a_vocabulary_never_warns(user_client):
     assert "quote-warning" not in quote_of(user_client, prompt="a cat astronaut, oil painting", size="64x64")
 
 
-def test_unknown_words_skip_stop_words_parameters_and_plurals():
-    demo = get_catalog(migrated_free_demo_settings()).default
+def test_unknown_words_skip_stop_words_parameters_and_plurals(tmp_path):
+    demo = get_catalog(make_settings(tmp_path / "data", model="builtin:demo")).default
     assert vocabulary.unknown_words(demo, "The cats and a red circle with dogs --no stars --ar 3:2") == ["cats", "dogs"]
     assert vocabulary.unknown_words(demo, "a red boxes on blue --n") == ["boxes"]  # a half-typed parameter
     assert vocabulary.unknown_words(demo, "") == []
-
-
-def migrated_free_demo_settings():
-    import tempfile
-    from pathlib import Path
-
-    return make_settings(Path(tempfile.mkdtemp()) / "data", model="builtin:demo")
 
 
 def test_the_demo_vocabulary_is_every_word_of_the_training_captions():
@@ -204,3 +197,34 @@ def test_recent_prompts_are_the_users_own_newest_first_each_once(any_db_settings
     fresh = Browserless(create_app(demo_settings))
     fresh.sign_up("cy@example.com")
     assert history(fresh) == []
+
+
+def test_choosing_another_model_brings_its_placeholder_examples_and_vocabulary(tmp_path):
+    catalog = tmp_path / "catalog.toml"
+    catalog.write_text(
+        """
+[[models]]
+id = "shapes"
+name = "Shapes"
+source = "builtin:tiny"
+licence = { name = "AGPL-3.0", commercial_use = true }
+placeholder = "a blue star"
+examples = ["a blue star"]
+vocabulary = ["a", "blue", "star"]
+
+[[models]]
+id = "general"
+name = "General"
+source = "builtin:tiny"
+licence = { name = "AGPL-3.0", commercial_use = true }
+""",
+        encoding="utf-8",
+    )
+    settings = migrated(make_settings(tmp_path / "data", model_catalog=catalog))
+    c = Browserless(create_app(settings))
+    c.sign_up("ada@example.com")
+    shapes, general = c.get("/?model=shapes").text, c.get("/?model=general").text
+    assert 'placeholder="a blue star"' in shapes and "data-example" in shapes
+    assert 'placeholder="a blue star"' not in general and "data-example" not in general
+    assert "has never seen: moon" in quote_of(c, model="shapes", prompt="a blue moon")
+    assert "quote-warning" not in quote_of(c, model="general", prompt="a blue moon")
