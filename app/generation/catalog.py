@@ -32,7 +32,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from app.config import REPO_ROOT, Settings
 from app.errors import UserError
@@ -49,6 +49,15 @@ DEMO_EXAMPLE_PROMPTS = (
     "a green triangle in the top left on a white background",
     "three pink squares on a purple background",
 )
+DEMO_PLACEHOLDER = "a yellow star in the top left on a blue background"
+# Every word of the demo model's captions (tools/demo/scenes.py; a unit test keeps the two
+# in step): the form warns about any other word of a prompt before it is charged.
+DEMO_VOCABULARY = (
+    "a", "an", "one", "two", "three",
+    "circle", "circles", "square", "squares", "triangle", "triangles", "star", "stars",
+    "red", "orange", "yellow", "green", "blue", "purple", "pink", "white", "black", "grey",
+    "in", "the", "top", "bottom", "left", "right", "center", "on", "background",
+)  # fmt: skip
 
 Family = Literal["sd1", "sd2", "sdxl", "turbo", "demo", "test"]
 
@@ -95,7 +104,12 @@ class ModelSpec(BaseModel):
     default_guidance: float = Field(default=7.5, ge=0, le=30)
     price_multiplier: float = Field(default=1.0, gt=0)
     licence: Licence
-    example_prompts: tuple[str, ...] = ()
+    # "examples" is accepted too: the prompts offered as chips under the prompt box
+    example_prompts: tuple[str, ...] = Field(default=(), validation_alias=AliasChoices("example_prompts", "examples"))
+    # The prompt box's placeholder ("": a general one), and the words the model knows: when
+    # given, the form warns (before anything is charged) about a prompt's other words.
+    placeholder: str = Field(default="", max_length=300)
+    vocabulary: tuple[str, ...] = ()
     # Loading (workers/pipelines.py): a replacement VAE's hub id or folder ("": the model's
     # own), and whether to run the model's own safety checker (off unless asked for).
     vae: str = ""
@@ -119,6 +133,11 @@ class ModelSpec(BaseModel):
         if self.source.startswith("builtin:") and self.source not in (BUILTIN_DEMO_MODEL, BUILTIN_TINY_MODEL):
             raise ValueError(f"unknown built-in model {self.source!r}; use builtin:demo or builtin:tiny")
         return self
+
+    @field_validator("vocabulary")
+    @classmethod
+    def _lowercase_words(cls, words: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(w.strip().lower() for w in words if w.strip()))
 
     @property
     def untrained(self) -> bool:
@@ -285,7 +304,9 @@ def from_settings(settings: Settings) -> Catalog:
     description: str
     examples: tuple[str, ...]
     family: Family
+    words: dict[str, Any] = {}
     if source == BUILTIN_DEMO_MODEL:
+        words = {"vocabulary": DEMO_VOCABULARY, "placeholder": DEMO_PLACEHOLDER}
         model_id, family, description, examples = "demo", "demo", DEMO_DESCRIPTION, DEMO_EXAMPLE_PROMPTS
     elif source == BUILTIN_TINY_MODEL:
         model_id, family, description, examples = "tiny", "test", TINY_DESCRIPTION, ()
@@ -311,6 +332,7 @@ def from_settings(settings: Settings) -> Catalog:
                 licence=licence,
                 example_prompts=examples,
                 vae=settings.model_vae,
+                **words,
                 **values,
             )
         ]

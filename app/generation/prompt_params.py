@@ -18,7 +18,7 @@ import re
 from app.errors import UserError
 
 # parameter (and aliases) -> form field
-_FIELDS = {
+FIELDS = {
     "ar": "aspect",
     "aspect": "aspect",
     "seed": "seed",
@@ -36,12 +36,12 @@ _FIELDS = {
 _TEXT_VALUES = {"negative_prompt", "sampler"}
 
 # "--ar" and also "—ar": phones and macOS turn a typed "--" into an em dash.
-_PARAM = re.compile(r"(?:^|\s)(?:--|—)([A-Za-z][\w-]*)")
+PARAM = re.compile(r"(?:^|\s)(?:--|—)([A-Za-z][\w-]*)")
 
 
 def split(prompt: str) -> tuple[str, dict[str, str]]:
     """``(prompt without parameters, {form field: raw value})``."""
-    matches = list(_PARAM.finditer(prompt))
+    matches = list(PARAM.finditer(prompt))
     if not matches:
         return prompt.strip(), {}
     text = prompt[: matches[0].start()].strip()
@@ -50,9 +50,9 @@ def split(prompt: str) -> tuple[str, dict[str, str]]:
         name = match.group(1).lower()
         end = matches[i + 1].start() if i + 1 < len(matches) else len(prompt)
         value = prompt[match.end() : end].strip()
-        field = _FIELDS.get(name)
+        field = FIELDS.get(name)
         if field is None:
-            known = ", ".join(f"--{p}" for p in sorted(_FIELDS))
+            known = ", ".join(f"--{p}" for p in sorted(FIELDS))
             raise UserError(f"Unknown parameter --{name}. Known parameters: {known}.", field="prompt")
         if not value:
             raise UserError(f"--{name} needs a value, e.g. {_example(name)}.", field="prompt")

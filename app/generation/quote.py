@@ -7,18 +7,18 @@ The worker runs the very boxes :func:`tiles` returns, so what was priced is what
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from app.config import Settings
 from app.credits import pricing
 from app.db import reading
-from app.enums import Mode
-from app.errors import UserError
+from app.enums import SAMPLERS, Mode
+from app.errors import NotFound, UserError
 from app.gallery import service as gallery
-from app.generation import images
+from app.generation import images, prompt_params, vocabulary
 from app.generation.catalog import ModelSpec, get_catalog
-from app.generation.schemas import MIN_SIZE, Extend, QuoteRequest, parse_quote, size_for_aspect
+from app.generation.schemas import MIN_SIZE, Extend, QuoteRequest, parse_quote, parse_sampler, size_for_aspect
 
 UPSCALE_OVERLAP = 64  # pixels shared by neighbouring upscale tiles, blended when stitched
 
@@ -152,3 +152,85 @@ def size_presets(model: ModelSpec) -> list[SizePreset]:
     if big > model.default_size:
         presets.append(SizePreset(f"Large square 1:1 — {big}×{big}", big, big))
     return presets
+
+
+@dataclass(frozen=True)
+class Typed:
+    """A parameter typed in the prompt, as the form shows it: ``--n 4`` sets 4 images."""
+
+    typed: str  # "--n 4"
+    sets: str  # "4 images"
+
+
+@dataclass(frozen=True)
+class FormQuote:
+    """What the form shows beside Generate: the price (or why there is none), the prompt's
+    words the model has never seen, and what the prompt's typed parameters set, with the
+    form fields they set (``overrides``: field name → value) so the page can show them."""
+
+    model: ModelSpec
+    price: int | None = None
+    error: UserError | None = None
+    unknown_words: list[str] = field(default_factory=list)
+    typed: list[Typed] = field(default_factory=list)
+    overrides: dict[str, str] = field(default_factory=dict)
+
+
+def form_quote(settings: Settings, user_id: int, data: Mapping[str, Any]) -> FormQuote:
+    """The price of what the form describes and what the form says about it."""
+    catalog = get_catalog(settings)
+    try:
+        model = catalog.get(data.get("model") if isinstance(data.get("model"), str) else None)
+    except UserError:
+        model = catalog.default
+    prompt = data.get("prompt")
+    unknown = vocabulary.unknown_words(model, prompt) if isinstance(prompt, str) else []
+    try:
+        price = quote_form(settings, user_id, data)
+        typed, overrides = _typed(settings, model, data)
+    except (UserError, NotFound) as e:
+        return FormQuote(model, error=e, unknown_words=unknown)
+    return FormQuote(model, price, None, unknown, typed, overrides)
+
+
+_SETS = {
+    "seed": ("seed", "seed {}"),
+    "steps": ("steps", "{} steps"),
+    "guidance": ("guidance", "guidance {}"),
+    "negative_prompt": ("negative_prompt", "leaves out {}"),
+    "strength": ("strength", "strength {}"),
+}
+
+
+def _typed(settings: Settings, model: ModelSpec, data: Mapping[str, Any]) -> tuple[list[Typed], dict[str, str]]:
+    prompt = data.get("prompt")
+    if not isinstance(prompt, str):
+        return [], {}
+    _, fields = prompt_params.split(prompt)
+    if not fields:
+        return [], {}
+    names = {m.group(0).strip(): m.group(1).lower() for m in prompt_params.PARAM.finditer(prompt)}
+    typed_as = {prompt_params.FIELDS[name]: raw for raw, name in names.items()}
+    typed: list[Typed] = []
+    overrides: dict[str, str] = {}
+    req = parse_quote(data, settings)
+    for name, value in fields.items():
+        label = f"{typed_as.get(name, '--' + name)} {value}"
+        if name in ("aspect", "size"):
+            if req.mode == Mode.TXT2IMG:
+                typed.append(Typed(label, f"{req.width}×{req.height}"))
+                overrides["size"] = f"{req.width}x{req.height}"
+            else:
+                typed.append(Typed(label, "nothing: the size comes from the image"))
+        elif name == "n":
+            typed.append(Typed(label, f"{req.n_images} image{'s' if req.n_images != 1 else ''}"))
+            overrides["n"] = str(req.n_images)
+        elif name == "sampler":
+            sampler = parse_sampler(value)
+            typed.append(Typed(label, f"the {SAMPLERS.get(sampler, sampler)} sampler"))
+            overrides["sampler"] = sampler
+        else:
+            form_field, text = _SETS[name]
+            typed.append(Typed(label, text.format(value)))
+            overrides[form_field] = value
+    return typed, overrides

@@ -7,9 +7,10 @@ dependency before the route runs.
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fastapi import APIRouter, Depends, Header, Query, Request
@@ -18,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import UploadFile as StarletteUploadFile
 
 from app.api import Page, api_router, errors, idempotency_key, request_body
+from app.config import Settings
 from app.enums import DEFAULT_SAMPLER, MODES, SAMPLERS, JobStatus
 from app.errors import NotFound, UserError
 from app.gallery.models import Image
@@ -30,11 +32,53 @@ router = APIRouter(dependencies=[Depends(verify_csrf)])
 api = api_router(tags=["generations"])
 
 RECENT_JOBS = 6
+RECENT_PROMPTS = 20
 
 
-def _recent_jobs(request: Request, user: CurrentUser) -> list[tuple[Job, list[Image]]]:
-    return service.recent_jobs(get_app_settings(request), user.id, RECENT_JOBS)
+@dataclass(frozen=True)
+class ResultActions:
+    """What a finished job's card offers on each of its images: more like it (a subtle
+    variation), an upscale and its settings back in the form, priced like the gallery's."""
 
+    model: str | None  # the catalog id (None: a model no longer offered)
+    variation_n: int
+    variation_price: int | None  # None: not offered (e.g. past a size limit)
+    upscale_price: int | None
+
+
+def result_actions(settings: Settings, user_id: int, job: Job) -> ResultActions | None:
+    if job.status != JobStatus.SUCCEEDED:
+        return None
+    model = get_catalog(settings).find(job.model)
+    n = min(4, settings.max_images_per_job)
+    # every image of a job has the job's size: priced from it, without reading each image
+    base = {
+        "source_width": job.width,
+        "source_height": job.height,
+        "steps": job.steps,
+        "model": model.id if model else "",
+    }
+    prices: list[int | None] = []
+    for fields in ({"mode": "variation", "variation": "subtle", "n": n}, {"mode": "upscale", "upscale": 2}):
+        try:
+            prices.append(quote.quote_form(settings, user_id, {**base, **fields}))
+        except UserError:
+            prices.append(None)
+    return ResultActions(model.id if model else None, n, prices[0], prices[1])
+
+
+def _card(settings: Settings, user_id: int, job: Job, images: list[Image]) -> dict[str, Any]:
+    """The context of one job card (generation/_job_card.html)."""
+    return {"job": job, "images": images, "actions": result_actions(settings, user_id, job)}
+
+
+def _recent_jobs(request: Request, user: CurrentUser) -> list[dict[str, Any]]:
+    settings = get_app_settings(request)
+    jobs = service.recent_jobs(settings, user.id, RECENT_JOBS)
+    return [_card(settings, user.id, job, images) for job, images in jobs]
+
+
+OUTPAINT_SIDE = 128  # pixels the outpaint frame starts with on the left and on the right
 
 FORM_FIELDS = (
     "model", "prompt", "negative_prompt", "size", "steps", "guidance", "seed", "n", "sampler",
@@ -66,10 +110,14 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
         source = service.source_image(settings, user.id, str(form["source_image"]))
         if source is None:
             form.pop("source_image")
-    try:
-        price = quote.quote_form(settings, user.id, form)
-    except (UserError, NotFound):
-        price = None
+    # what the fields show is what is priced: the frame grows by a quarter of the image's
+    # width on each side (a fixed 128 pixels until an upload's size is known)
+    side = max(8, round(source.width / 4 / 8) * 8) if source else OUTPAINT_SIDE
+    for name, pixels in (("left", side), ("right", side), ("top", 0), ("bottom", 0)):
+        form.setdefault(f"extend_{name}", pixels)
+    priced = quote.form_quote(settings, user.id, form)
+    if not source:
+        priced = replace(priced, error=None)  # a problem is said once the user acts
     return {
         "form": form,
         "model": model,
@@ -78,7 +126,8 @@ def _form_context(request: Request, form: dict[str, Any], user: CurrentUser) -> 
         "presets": presets,
         "samplers": SAMPLERS,
         "modes": {k: v for k, v in MODES.items() if k in ("txt2img", "img2img", "inpaint", "outpaint")},
-        "price": price,
+        "quote": priced,
+        "recent_prompts": service.recent_prompts(settings, user.id, RECENT_PROMPTS),
         "request_id": uuid.uuid4().hex,
     }
 
@@ -100,12 +149,7 @@ def home(request: Request, user: CurrentUser | None = Depends(optional_user)):
 @router.get("/generate/quote")
 def quote_fragment(request: Request, user: CurrentUser = Depends(require_user)):
     settings = get_app_settings(request)
-    try:
-        price = quote.quote_form(settings, user.id, request.query_params)
-        error = None
-    except (UserError, NotFound) as e:
-        price, error = None, e
-    return render(request, "generation/_quote.html", price=price, error=error)
+    return render(request, "generation/_quote.html", quote=quote.form_quote(settings, user.id, request.query_params))
 
 
 UPLOAD_FIELDS = ("image", "mask")
@@ -171,20 +215,26 @@ def generate(request: Request, user: CurrentUser = Depends(require_user), body: 
         )
     if is_htmx(request):
         request.state._state.pop("user", None)  # re-read the balance after the hold
-        return render(request, "generation/_submitted.html", job=job, images=[], new_request_id=uuid.uuid4().hex)
+        response = render(request, "generation/_submitted.html", **_card(settings, user.id, job, []))
+        # the form's next request id: its value is set by create.js, not swapped in (an
+        # out-of-band swap of the input had htmx copy a style attribute, refused by the CSP)
+        response.headers["HX-Trigger"] = json.dumps({"new-request-id": uuid.uuid4().hex})
+        return response
     return RedirectResponse(f"/jobs/{job.id}", status_code=303)
 
 
 @router.get("/jobs/{job_id}")
 def job_page(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
-    job, images = service.get_job(get_app_settings(request), user.id, job_id)
-    return render(request, "generation/job.html", job=job, images=images)
+    settings = get_app_settings(request)
+    job, images = service.get_job(settings, user.id, job_id)
+    return render(request, "generation/job.html", **_card(settings, user.id, job, images))
 
 
 @router.get("/jobs/{job_id}/card")
 def job_card(request: Request, job_id: str, user: CurrentUser = Depends(require_user)):
-    job, images = service.get_job(get_app_settings(request), user.id, job_id)
-    response = render(request, "generation/_job_card.html", job=job, images=images)
+    settings = get_app_settings(request)
+    job, images = service.get_job(settings, user.id, job_id)
+    response = render(request, "generation/_job_card.html", **_card(settings, user.id, job, images))
     if job.done:
         # Tell the page the balance may have changed (a failed job gives credits back).
         response.headers["HX-Trigger"] = "balance-changed"

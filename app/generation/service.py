@@ -329,6 +329,20 @@ def recent_jobs(settings: Settings, user_id: int, limit: int) -> list[tuple[Job,
         return [(job, job_images(session, job)) for job in jobs]
 
 
+def recent_prompts(settings: Settings, user_id: int, limit: int = 20) -> list[str]:
+    """The user's own prompts, each once, the most recently used first (never another user's)."""
+    last_used = func.max(Job.created_at)
+    with reading(settings) as session:
+        rows = session.execute(
+            select(Job.prompt)
+            .where(Job.user_id == user_id, Job.prompt != "")
+            .group_by(Job.prompt)
+            .order_by(last_used.desc())
+            .limit(limit)
+        )
+        return [prompt for (prompt,) in rows]
+
+
 JOBS_PAGE = 20
 
 

@@ -33,8 +33,8 @@ def test_paint_a_mask_and_inpaint(live_server, page, shoot, tmp_path):
     expect(stage).to_be_visible()
     expect(page.locator("#quote .quote-price strong")).to_have_text(re.compile(r"^\d+$"))  # priced once sized
 
-    box = stage.bounding_box()
     page.get_by_label("Brush").fill("16")
+    box = stage.bounding_box()  # after the fill, which may scroll the page
 
     def paint(x0, y0, x1, y1):
         page.mouse.move(box["x"] + box["width"] * x0, box["y"] + box["height"] * y0)
