@@ -282,7 +282,7 @@ def _store_input(storage: Storage, job: Job, name: str, png: bytes | None) -> st
 
 
 def _memo(req: GenerationRequest) -> str:
-    what = f"{req.n_images} image(s), {req.width}×{req.height}, {req.steps} steps"
+    what = f"{req.n_images} image{'' if req.n_images == 1 else 's'}, {req.width}×{req.height}, {req.steps} steps"
     if req.mode == Mode.TXT2IMG:
         return what
     return f"{MODES[req.mode]}: {what} at strength {req.strength:g}"
