@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
@@ -52,6 +52,14 @@ def _login_url(request: Request) -> str:
     return "/login" if here == "/" else f"/login?{urlencode({'next': here})}"
 
 
+def _htmx_login_url(request: Request) -> str:
+    """For an htmx request the page to come back to is the one it was sent from (htmx names it
+    in HX-Current-URL), not the fragment's own address; only its path is kept."""
+    page = urlsplit(request.headers.get("HX-Current-URL", ""))
+    here = page.path + (f"?{page.query}" if page.query else "")
+    return f"/login?{urlencode({'next': here})}" if here.startswith("/") and here != "/" else "/login"
+
+
 def _allowed_methods(request: Request, fallback: str) -> str:
     """Every method the API takes at this path, from its schema (Starlette's 405 names only
     the first route's)."""
@@ -87,7 +95,7 @@ async def _user_error_body(request: Request, exc: UserError):
     if is_htmx(request):
         response = await _render(request, "generation/_form_error.html", status_code=exc.status_code, error=exc)
         if isinstance(exc, NotAuthenticated):
-            response.headers["HX-Redirect"] = "/login"
+            response.headers["HX-Redirect"] = _htmx_login_url(request)
         return response
     return await _render(request, "error.html", status_code=exc.status_code, error=exc)
 

@@ -97,6 +97,22 @@ def test_a_page_behind_the_login_comes_back_after_it(client):
     assert client.get("/", follow_redirects=False).status_code == 200
 
 
+def test_an_htmx_request_after_the_session_ended_returns_to_the_page_it_came_from(client):
+    client.sign_up("ada@example.com")
+    client.http.cookies.delete("gouache_session")
+
+    def redirect(current_url: str) -> str:
+        response = client.get("/balance", headers={"HX-Request": "true", "HX-Current-URL": current_url})
+        assert response.status_code == 401
+        return response.headers["HX-Redirect"]
+
+    assert redirect("http://testserver/gallery?q=red") == "/login?next=%2Fgallery%3Fq%3Dred"  # the page, not /balance
+    assert redirect("http://testserver/") == "/login"
+    assert redirect("") == "/login"
+    other = redirect("https://evil.com//evil.com/x")  # a forged header: the login route refuses it as a next
+    assert safe_next(unquote(other.removeprefix("/login?next="))) == ""
+
+
 def test_a_bulk_action_leaves_a_message_for_a_toast(client, settings):
     from tests.gallery_data import add_image, user_id
 
