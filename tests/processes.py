@@ -9,9 +9,23 @@ import re
 import select
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
+
+
+def start_gouache_dev(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen[bytes]:
+    """`gouache dev` as `scripts/run` starts it, in its own session (so a test can find and kill
+    every process it started), its console merged into stdout for an :class:`Output`."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "workers.cli", "dev", "--port", str(port)],
+        cwd=cwd,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
 
 
 def free_port() -> int:

@@ -10,7 +10,7 @@ import secrets
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, cast
 
 from sqlalchemy import ColumnElement, CursorResult, Update, and_, delete, func, or_, select, tuple_, update
@@ -36,8 +36,6 @@ from app.storage import ObjectNotFound, Storage, get_storage, input_key
 from app.storage import keys as object_keys
 
 if TYPE_CHECKING:
-    from datetime import datetime
-
     from PIL.Image import Image as PILImage
 
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
@@ -555,6 +553,18 @@ def job_images(session: Session, job: Job) -> list[Image]:
 # ---- worker side ---------------------------------------------------------------
 
 
+def _new_attempt(settings: Settings, now: datetime) -> dict[str, Any]:
+    """The columns a claim sets: the job runs its next attempt, under a fresh lease."""
+    return {
+        "status": JobStatus.RUNNING,
+        "attempts": Job.attempts + 1,
+        "started_at": now,
+        "heartbeat_at": now,
+        "lease_expires_at": now + timedelta(seconds=settings.job_lease_s),
+        "progress_step": 0,
+    }
+
+
 def claim(settings: Settings, job_id: str) -> Job | None:
     """Start an attempt: queued → running, or take over a running job whose lease expired
     (its worker died and the broker redelivered before the janitor requeued it), within
@@ -570,14 +580,7 @@ def claim(settings: Settings, job_id: str) -> Job | None:
             session,
             update(Job)
             .where(Job.id == job_id, claimable, Job.attempts < settings.job_max_attempts)
-            .values(
-                status=JobStatus.RUNNING,
-                attempts=Job.attempts + 1,
-                started_at=now,
-                heartbeat_at=now,
-                lease_expires_at=now + timedelta(seconds=settings.job_lease_s),
-                progress_step=0,
-            ),
+            .values(**_new_attempt(settings, now)),
         )
         return session.get(Job, job_id) if taken else None
 
@@ -620,16 +623,7 @@ def claim_compatible(settings: Settings, job: Job, max_images: int) -> list[Job]
                 continue
             won = _updated(
                 session,
-                update(Job)
-                .where(Job.id == job_id, *same)
-                .values(
-                    status=JobStatus.RUNNING,
-                    attempts=Job.attempts + 1,
-                    started_at=now,
-                    heartbeat_at=now,
-                    lease_expires_at=now + timedelta(seconds=settings.job_lease_s),
-                    progress_step=0,
-                ),
+                update(Job).where(Job.id == job_id, *same).values(**_new_attempt(settings, now)),
             )
             if won:
                 taken.append(job_id)

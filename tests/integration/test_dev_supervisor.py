@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -15,7 +14,7 @@ from collections.abc import Iterator
 import pytest
 
 from app.config import REPO_ROOT
-from tests.processes import Output, alive, descendants, free_port, session_left, session_members
+from tests.processes import Output, alive, descendants, free_port, session_left, session_members, start_gouache_dev
 from tests.support import settings_env, wait_for_job
 
 pytestmark = pytest.mark.worker
@@ -35,14 +34,7 @@ class Dev:
 @pytest.fixture
 def dev(settings, tiny_model, tmp_path) -> Iterator[Dev]:  # the worker loads the tiny model
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "dev", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=settings_env(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_gouache_dev(settings_env(settings), port, REPO_ROOT)
     yield Dev(proc, Output(proc, tmp_path / "dev.log"), port)
     for pid in session_members(proc.pid):  # only if a test failed half-way
         os.kill(pid, signal.SIGKILL)

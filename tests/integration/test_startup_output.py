@@ -9,8 +9,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
-import sys
 import warnings
 
 import httpx
@@ -20,7 +18,7 @@ from celery.exceptions import SecurityWarning
 from app.cli import where_things_are
 from app.config import REPO_ROOT
 from app.main import create_app
-from tests.processes import Output, free_port, session_members
+from tests.processes import Output, free_port, session_members, start_gouache_dev
 from tests.support import PASSWORD, Browserless, make_settings, migrated, settings_env, wait_for_job
 from workers import logs
 
@@ -42,14 +40,7 @@ def test_gouache_dev_says_what_runs_where_and_nothing_else(tmp_path):
     """A fresh install (the committed demo model), as `scripts/run` starts it."""
     settings = migrated(make_settings(tmp_path / "data"))
     port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "workers.cli", "dev", "--port", str(port)],
-        cwd=REPO_ROOT,
-        env=settings_env(settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    proc = start_gouache_dev(settings_env(settings), port, REPO_ROOT)
     out = Output(proc, tmp_path / "dev.log")
     try:
         url = f"http://127.0.0.1:{port}/"
